@@ -1,0 +1,28 @@
+# Helpers and constraints shared by every rule file.
+
+from storyreel.story import STORY_ID_PATTERN
+
+STORIES = config["stories_dir"]
+
+
+wildcard_constraints:
+    # The same rule as the story schema's id: no id can name a path outside the stories dir.
+    story=STORY_ID_PATTERN.removeprefix("^").removesuffix("$"),
+
+
+def story_path(story, name):
+    """A file of one story's directory: story_path("demo", "speech.wav")."""
+    return f"{STORIES}/{story}/{name}"
+
+
+def story_file(name):
+    """A file of the story named by the {story} wildcard, for rule inputs and outputs."""
+    return f"{STORIES}/{{story}}/{name}"
+
+
+def step_log(step):
+    return f"{STORIES}/{{story}}/logs/{step}.log"
+
+
+def step_benchmark(step):
+    return f"{STORIES}/{{story}}/benchmarks/{step}.tsv"

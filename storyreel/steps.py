@@ -1,0 +1,170 @@
+"""The workflow's steps as plain functions of paths and config, one per Snakemake rule.
+
+Rules call these through thin scripts (``scripts/*.py``), tests call them directly. Each step
+reads its inputs, writes its outputs and nothing else; outputs are written whole or not at all
+(Snakemake removes the outputs of a failed job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from storyreel.story import StoryError, check_story_id, load_story
+
+log = logging.getLogger("storyreel")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def init_story(
+    *, source: str, story_json: str, assets: str, story: str, limits: dict, assets_config: dict
+) -> dict:
+    """Validate the submitted story and normalise each of its images into ``assets/``."""
+    from storyreel.images import ImageLimits, normalise_image, resolve_image_uri
+
+    check_story_id(story)
+    data = load_story(source, expected_id=story)
+    image_limits = ImageLimits(
+        max_pixels=limits.get("image_pixels", ImageLimits.max_pixels),
+        max_bytes=limits.get("image_bytes", ImageLimits.max_bytes),
+        min_side=limits.get("image_min_side", ImageLimits.min_side),
+    )
+    assets_dir = Path(assets)
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for index, image in enumerate(data["images"]):
+        label = f"story '{story}' images[{index}] ({image['uri']})"
+        source_path = resolve_image_uri(image["uri"], Path(source))
+        file_name = f"image-{index:02d}.jpg"
+        size = normalise_image(
+            source_path,
+            assets_dir / file_name,
+            label=label,
+            limits=image_limits,
+            max_side=assets_config.get("max_side", 2048),
+            jpeg_quality=assets_config.get("jpeg_quality", 90),
+        )
+        images.append({**image, "file": f"assets/{file_name}", **size})
+    data["images"] = images
+    write_json(story_json, data)
+    log.info("story '%s': %d characters, %d images", story, len(data["text"]), len(images))
+    return data
+
+
+def make_transcript(*, story_json: str, transcript: str) -> dict:
+    """Normalise the story text once: the synthesiser, aligner and captions read these words."""
+    from storyreel.textnorm import build_transcript
+
+    result = build_transcript(read_json(story_json))
+    write_json(transcript, result)
+    words = sum(len(sentence["words"]) for sentence in result["sentences"])
+    log.info("%d sentences, %d words", len(result["sentences"]), words)
+    return result
+
+
+def synthesise_speech(
+    *, story_json: str, transcript: str, wav: str, speech: str, tts: dict
+) -> dict:
+    """Read the transcript aloud: speech.wav plus speech.json (sentence spans, pronunciations)."""
+    from storyreel.tts import synthesise
+
+    story = read_json(story_json)
+    return synthesise(
+        read_json(transcript),
+        tts["backend"],
+        Path(wav),
+        Path(speech),
+        voice=story.get("voice") or tts.get("voice"),
+        length_scale=tts["length_scale"],
+        sentence_pause=tts["sentence_pause"],
+        paragraph_pause=tts["paragraph_pause"],
+        lead_in=tts["lead_in"],
+    )
+
+
+def align_speech(*, wav: str, transcript: str, speech: str, alignment: str, align: dict) -> dict:
+    """Measure word and phone timings in the audio (gentle's alignment.json format)."""
+    from storyreel.align import align as align_words
+
+    options = _align_options(align)
+    result = align_words(Path(wav), read_json(transcript), read_json(speech), **options)
+    write_json(alignment, result)
+    found = sum(word["case"] == "success" for word in result["words"])
+    log.info("aligned %d of %d words", found, len(result["words"]))
+    return result
+
+
+def _align_options(align: dict) -> dict:
+    if align["backend"] != "pocketsphinx":
+        raise StoryError(f"align.backend {align['backend']!r} is not available")
+    return {"padding": align.get("sentence_padding", 0.15)}
+
+
+def make_phonemes(
+    *, alignment: str, transcript: str, speech: str, phonemes: str, story: str
+) -> dict:
+    """Give every word timed phones; words the aligner missed get them from g2p."""
+    from storyreel.phonemes import build_phonemes
+
+    result = build_phonemes(read_json(alignment), read_json(transcript), read_json(speech), story)
+    write_json(phonemes, result)
+    filled = sum(word["source"] == "g2p" for word in result["words"])
+    log.info("%d phones, %d words filled by g2p", len(result["phones"]), filled)
+    return result
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path | None) -> Iterator[None]:
+    """Send the step's log to its Snakemake log file (and stderr); record failures there too."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers, force=True,
+    )
+    started = time.perf_counter()
+    try:
+        yield
+    except StoryError as err:
+        log.error("%s", err)
+        raise
+    except Exception:
+        log.exception("step failed")
+        raise
+    log.info("done in %.2f s", time.perf_counter() - started)
+
+
+def run_from_snakemake(snakemake: Any, step: Callable[..., Any]) -> None:
+    """Call ``step`` with a rule's named inputs, outputs, params and wildcards as keywords."""
+    kwargs: dict[str, Any] = {}
+    for group in (snakemake.input, snakemake.output, snakemake.params):
+        kwargs.update(group.items())
+    accepted = inspect.signature(step).parameters
+    kwargs.update((name, value) for name, value in snakemake.wildcards.items() if name in accepted)
+    try:
+        with logged(snakemake.log[0] if snakemake.log else None):
+            step(**kwargs)
+    except StoryError as err:
+        # A bad story is the editor's problem to fix, not a crash: the message, no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

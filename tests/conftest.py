@@ -1,0 +1,72 @@
+"""Shared fixtures: story files on disk and real Snakemake runs of the workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+SHORT_TEXT = (
+    "The city council approved a new budget of $4.5 million on Tuesday.\n\n"
+    "Work on the bridge starts in March."
+)
+
+
+def write_image(path: Path, size=(320, 200), color=(40, 90, 160)) -> Path:
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+@pytest.fixture
+def story_factory(tmp_path):
+    """Write a story file (plus a real image beside it) and return its path."""
+
+    def make(story_id: str = "council", **fields) -> Path:
+        folder = tmp_path / "inbox"
+        folder.mkdir(exist_ok=True)
+        write_image(folder / "photo.png")
+        story = {
+            "id": story_id,
+            "title": "Council approves budget",
+            "text": SHORT_TEXT,
+            "images": [{"uri": "photo.png", "caption": "The council chamber"}],
+        }
+        story.update(fields)
+        path = folder / f"{story_id}.json"
+        path.write_text(json.dumps(story), encoding="utf-8")
+        return path
+
+    return make
+
+
+def run_snakemake(workdir: Path, *targets: str, config: dict | None = None, check=True):
+    """Run the real workflow from a scratch directory; return the completed process."""
+    # Targets first: --config takes every KEY=VALUE word that follows it.
+    args = [
+        str(SNAKEMAKE), *targets, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--cores", "2", "--configfile", str(REPO / "config.yaml"),
+    ]
+    for key, value in (config or {}).items():
+        args += ["--config", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_inbox(tmp_path_factory) -> Path:
+    """A copy of the example stories folder, so tests never write next to the repository's."""
+    folder = tmp_path_factory.mktemp("examples")
+    shutil.copytree(REPO / "examples" / "stories", folder, dirs_exist_ok=True)
+    return folder
