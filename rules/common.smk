@@ -1,4 +1,4 @@
-# Helpers and constraints shared by every rule file.
+# Helpers and constraints shared by all files in rules/
 
 from storyreel.story import STORY_ID_PATTERN
 
@@ -6,7 +6,7 @@ STORIES = config["stories_dir"]
 
 
 wildcard_constraints:
-    # The same rule as the story schema's id: no id can name a path outside the stories dir.
+    # The story schema's id pattern, so no id can name a path outside the stories dir.
     story=STORY_ID_PATTERN.removeprefix("^").removesuffix("$"),
 
 
@@ -16,7 +16,7 @@ def story_path(story, name):
 
 
 def story_file(name):
-    """A file of the story named by the {story} wildcard, for rule inputs and outputs."""
+    """A file of the story named by the {story} wildcard, in inputs and outputs."""
     return f"{STORIES}/{{story}}/{name}"
 
 

@@ -14,6 +14,8 @@ rule init_story:
         step_log("init_story"),
     benchmark:
         step_benchmark("init_story")
+    conda:
+        "../envs/intake.yaml"
     script:
         "../scripts/init_story.py"
 
@@ -27,5 +29,7 @@ rule transcript:
         step_log("transcript"),
     benchmark:
         step_benchmark("transcript")
+    conda:
+        "../envs/intake.yaml"
     script:
         "../scripts/transcript.py"

@@ -14,5 +14,7 @@ rule tts:
         step_log("tts"),
     benchmark:
         step_benchmark("tts")
+    conda:
+        "../envs/speech.yaml"
     script:
         "../scripts/tts.py"

@@ -14,6 +14,8 @@ rule align:
         step_log("align"),
     benchmark:
         step_benchmark("align")
+    conda:
+        "../envs/timing.yaml"
     script:
         "../scripts/align.py"
 
@@ -29,5 +31,7 @@ rule phonemes:
         step_log("phonemes"),
     benchmark:
         step_benchmark("phonemes")
+    conda:
+        "../envs/timing.yaml"
     script:
         "../scripts/phonemes.py"
