@@ -30,27 +30,52 @@ def step_call(step: str, work: Path, config: dict) -> None:
     from storyreel import steps
 
     out = work / "stories" / "bench"
-    files = {name: str(out / name) for name in (
-        "story.json", "transcript.json", "speech.wav", "speech.json", "alignment.json",
-        "phonemes.json")}
+    files = {
+        name: str(out / name)
+        for name in (
+            "story.json",
+            "transcript.json",
+            "speech.wav",
+            "speech.json",
+            "alignment.json",
+            "phonemes.json",
+        )
+    }
     if step == "init_story":
-        steps.init_story(source=str(work / "bench.json"), story_json=files["story.json"],
-                         assets=str(out / "assets"), story="bench", limits=config["limits"],
-                         assets_config=config["assets"])
+        steps.init_story(
+            source=str(work / "bench.json"),
+            story_json=files["story.json"],
+            assets=str(out / "assets"),
+            story="bench",
+            limits=config["limits"],
+            assets_config=config["assets"],
+        )
     elif step == "transcript":
         steps.make_transcript(story_json=files["story.json"], transcript=files["transcript.json"])
     elif step == "tts":
-        steps.synthesise_speech(story_json=files["story.json"], transcript=files["transcript.json"],
-                                wav=files["speech.wav"], speech=files["speech.json"],
-                                tts=config["tts"])
+        steps.synthesise_speech(
+            story_json=files["story.json"],
+            transcript=files["transcript.json"],
+            wav=files["speech.wav"],
+            speech=files["speech.json"],
+            tts=config["tts"],
+        )
     elif step == "align":
-        steps.align_speech(wav=files["speech.wav"], transcript=files["transcript.json"],
-                           speech=files["speech.json"], alignment=files["alignment.json"],
-                           align=config["align"])
+        steps.align_speech(
+            wav=files["speech.wav"],
+            transcript=files["transcript.json"],
+            speech=files["speech.json"],
+            alignment=files["alignment.json"],
+            align=config["align"],
+        )
     elif step == "phonemes":
-        steps.make_phonemes(alignment=files["alignment.json"], transcript=files["transcript.json"],
-                            speech=files["speech.json"], phonemes=files["phonemes.json"],
-                            story="bench")
+        steps.make_phonemes(
+            alignment=files["alignment.json"],
+            transcript=files["transcript.json"],
+            speech=files["speech.json"],
+            phonemes=files["phonemes.json"],
+            story="bench",
+        )
 
 
 STEP_MODULES = {
@@ -76,16 +101,19 @@ def child(step: str, work: Path) -> None:
     step_call(step, work, config)
     done = time.perf_counter()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"import_s": imported - started, "work_s": done - imported,
-                      "peak_mb": peak_mb}))
+    print(
+        json.dumps({"import_s": imported - started, "work_s": done - imported, "peak_mb": peak_mb})
+    )
 
 
 def make_story(work: Path, repeat: int) -> None:
     demo = json.loads((REPO / "examples" / "stories" / "demo.json").read_text())
     demo["id"] = "bench"
     demo["text"] = "\n\n".join([demo["text"]] * repeat)
-    demo["images"] = [{"uri": f"package://skimage/data/{name}"}
-                      for name in ("rocket.jpg", "hubble_deep_field.jpg")]
+    demo["images"] = [
+        {"uri": f"package://skimage/data/{name}"}
+        for name in ("rocket.jpg", "hubble_deep_field.jpg")
+    ]
     (work / "bench.json").write_text(json.dumps(demo))
 
 
@@ -97,7 +125,9 @@ def run_story(label: str, repeat: int) -> dict:
         for step in STEPS:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", step, "--work", str(work)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             rows[step] = json.loads(out.stdout.strip().splitlines()[-1])
         speech = json.loads((work / "stories/bench/speech.json").read_text())
@@ -112,12 +142,15 @@ def print_table(result: dict) -> None:
     total_work = 0.0
     for step, row in result["steps"].items():
         total_work += row["work_s"]
-        print(f"{step:<11} {row['import_s']:9.2f} {row['work_s']:8.2f} "
-              f"{row['work_s'] / audio:8.3f} {row['peak_mb']:8.0f}")
+        print(
+            f"{step:<11} {row['import_s']:9.2f} {row['work_s']:8.2f} "
+            f"{row['work_s'] / audio:8.3f} {row['peak_mb']:8.0f}"
+        )
     peak = max(row["peak_mb"] for row in result["steps"].values())
     total_import = sum(row["import_s"] for row in result["steps"].values())
-    print(f"{'total':<11} {total_import:9.2f} {total_work:8.2f} {total_work / audio:8.3f} "
-          f"{peak:8.0f}")
+    print(
+        f"{'total':<11} {total_import:9.2f} {total_work:8.2f} {total_work / audio:8.3f} {peak:8.0f}"
+    )
     result["total_work_s"] = total_work
 
 
@@ -130,8 +163,10 @@ def main() -> None:
     if args.child:
         child(args.child, args.work)
         return
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}"
+    )
     results = []
     for label, repeat in (("short (demo story)", 1), ("long (demo story x 9)", 9)):
         if args.only and not label.startswith(args.only):
@@ -141,8 +176,10 @@ def main() -> None:
         results.append(result)
     if len(results) == 2:
         short, long = results
-        print(f"\nscaling: {long['audio_s'] / short['audio_s']:.1f}x the audio costs "
-              f"{long['total_work_s'] / short['total_work_s']:.1f}x the work")
+        print(
+            f"\nscaling: {long['audio_s'] / short['audio_s']:.1f}x the audio costs "
+            f"{long['total_work_s'] / short['total_work_s']:.1f}x the work"
+        )
 
 
 if __name__ == "__main__":

@@ -124,8 +124,13 @@ def _short(value: object, limit: int = 60) -> str:
 
 _SCHEMA_TYPES = {"object": "an object", "array": "a list", "string": "a string"}
 _JSON_TYPES = {
-    dict: "an object", list: "a list", str: "a string", bool: "true/false",
-    int: "a number", float: "a number", type(None): "null",
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
 }
 
 
@@ -143,8 +148,7 @@ def _describe(err: jsonschema.ValidationError) -> str:
         extra = sorted(set(value) - set(allowed))
         where = f" in '{field}'" if field else ""
         return (
-            f"unknown field(s) {', '.join(map(repr, extra))}{where} "
-            f"(allowed: {', '.join(allowed)})"
+            f"unknown field(s) {', '.join(map(repr, extra))}{where} (allowed: {', '.join(allowed)})"
         )
     if kind == "type":
         wanted = _SCHEMA_TYPES.get(err.validator_value, err.validator_value)

@@ -52,8 +52,16 @@ def run_snakemake(workdir: Path, *targets: str, config: dict | None = None, chec
     """Run the real workflow from a scratch directory; return the completed process."""
     # Targets first: --config takes every KEY=VALUE word that follows it.
     args = [
-        str(SNAKEMAKE), *targets, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", "--configfile", str(REPO / "config.yaml"),
+        str(SNAKEMAKE),
+        *targets,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(REPO / "config.yaml"),
     ]
     for key, value in (config or {}).items():
         args += ["--config", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]

@@ -21,9 +21,12 @@ ASSETS = {"max_side": 1024, "jpeg_quality": 85}
 def run_init(source: Path, tmp_path: Path, story_id: str | None = None):
     story_id = story_id or source.stem
     return init_story(
-        source=str(source), story_json=str(tmp_path / "out" / "story.json"),
-        assets=str(tmp_path / "out" / "assets"), story=story_id,
-        limits=LIMITS, assets_config=ASSETS,
+        source=str(source),
+        story_json=str(tmp_path / "out" / "story.json"),
+        assets=str(tmp_path / "out" / "assets"),
+        story=story_id,
+        limits=LIMITS,
+        assets_config=ASSETS,
     )
 
 
@@ -48,7 +51,10 @@ def test_demo_story_is_valid():
         ({"text": None}, "missing required field 'text'"),
         ({"text": ""}, "field 'text' is empty"),
         ({"text": "  \n\n "}, "field 'text' is empty"),
-        ({"text": "word " * 200_000}, "field 'text' is 1,000,000 characters long; the limit is 20,000"),
+        (
+            {"text": "word " * 200_000},
+            "field 'text' is 1,000,000 characters long; the limit is 20,000",
+        ),
         ({"images": []}, "field 'images' is empty"),
         ({"images": [{"uri": "photo.png"}] * 21}, "field 'images' has 21 entries; the limit is 20"),
         ({"images": [{"url": "photo.png"}]}, "missing required field 'images[0].uri'"),
@@ -78,14 +84,23 @@ def test_bad_story_ids_are_refused(story_id):
         check_story_id(story_id)
 
 
-@pytest.mark.parametrize("target", ["stories/../etc/story.json", "stories/A B/story.json",
-                                    "stories/.hidden/story.json", "stories/x/y/story.json"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "stories/../etc/story.json",
+        "stories/A B/story.json",
+        "stories/.hidden/story.json",
+        "stories/x/y/story.json",
+    ],
+)
 def test_workflow_refuses_bad_ids(tmp_path, target):
     result = run_snakemake(tmp_path, target, check=False)
     assert result.returncode != 0
     # Either no rule matches (the wildcard constraint) or the path is refused outright.
-    assert any(reason in result.stderr for reason in
-               ("MissingRuleException", "No rule to produce", "No such file or directory"))
+    assert any(
+        reason in result.stderr
+        for reason in ("MissingRuleException", "No rule to produce", "No such file or directory")
+    )
     assert [p.name for p in tmp_path.iterdir() if p.name != ".snakemake"] == []
 
 
@@ -112,7 +127,9 @@ def test_broken_json(tmp_path):
 def test_text_file_posing_as_image(story_factory, tmp_path):
     source = story_factory(images=[{"uri": "notes.jpg"}])
     (source.parent / "notes.jpg").write_text("this is not a picture\n")
-    with pytest.raises(StoryError, match=r"images\[0\] \(notes.jpg\): file notes.jpg is not an image"):
+    with pytest.raises(
+        StoryError, match=r"images\[0\] \(notes.jpg\): file notes.jpg is not an image"
+    ):
         run_init(source, tmp_path)
 
 
@@ -131,11 +148,17 @@ def huge_png_header(width: int, height: int) -> bytes:
     """A tiny PNG file whose header declares width x height pixels (a decompression bomb)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(("width", "height"), [(30000, 30000), (8000, 6000)])
@@ -148,7 +171,9 @@ def test_decompression_bomb(story_factory, tmp_path, width, height):
 
 def test_missing_image_file(story_factory, tmp_path):
     source = story_factory(images=[{"uri": "gone.jpg"}])
-    with pytest.raises(StoryError, match=r"images\[0\] \(gone.jpg\): file .*gone.jpg does not exist"):
+    with pytest.raises(
+        StoryError, match=r"images\[0\] \(gone.jpg\): file .*gone.jpg does not exist"
+    ):
         run_init(source, tmp_path)
 
 
@@ -170,16 +195,22 @@ def test_odd_images_are_normalised(story_factory, tmp_path):
 
 
 def test_unicode_story(story_factory, tmp_path):
-    text = "\u201cWe\u2019re ready\u201d \u2014 the mayor said \U0001F389 at 9:30.\n\nCaf\u00e9s reopen\u2026"
-    story = run_init(story_factory(text=text, title="Caf\u00e9s \U0001F389"), tmp_path)
+    text = (
+        "\u201cWe\u2019re ready\u201d \u2014 the mayor said \U0001f389 at 9:30."
+        "\n\nCaf\u00e9s reopen\u2026"
+    )
+    story = run_init(story_factory(text=text, title="Caf\u00e9s \U0001f389"), tmp_path)
     assert story["text"] == text
 
 
 def test_bad_story_through_the_workflow(story_factory, tmp_path):
     source = story_factory("council", text="")
-    result = run_snakemake(tmp_path, "stories/council/story.json",
-                           config={"story_source": str(source.parent / "{story}.json")},
-                           check=False)
+    result = run_snakemake(
+        tmp_path,
+        "stories/council/story.json",
+        config={"story_source": str(source.parent / "{story}.json")},
+        check=False,
+    )
     assert result.returncode != 0
     assert "story 'council'" in result.stderr and "field 'text' is empty" in result.stderr
     assert not (tmp_path / "stories" / "council" / "story.json").exists()
