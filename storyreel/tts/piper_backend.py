@@ -167,9 +167,11 @@ def _phoneme_spans(chunk, id_map) -> tuple[list[int], list[int]] | None:
     """Start and end sample of each phoneme of the chunk, or None without durations.
 
     The model reads each phoneme's ids followed by a blank (padding) id, and gives every id a
-    duration. A blank holds the transition into the next phoneme, so the blank after a space or
-    punctuation mark is counted as the start of the next word (this puts word onsets some 25 ms
-    earlier, nearer where an aligner hears them); elsewhere a phoneme keeps the blank after it.
+    duration. Word onsets follow where the sound starts (measured against the aligner on this
+    voice): in connected speech the word separator's time is already the next word (a
+    word-initial s/sh rises at the separator's start), so the word starts there; after
+    punctuation the separator belongs to the pause, and the word starts after it. Elsewhere a
+    phoneme keeps the blank after it.
     """
     if chunk.phoneme_alignments is None or chunk.phoneme_id_samples is None:
         return None  # the model gives no durations, or Piper could not match them to phonemes
@@ -178,16 +180,21 @@ def _phoneme_spans(chunk, id_map) -> tuple[list[int], list[int]] | None:
     id_index = len(id_map[BOS]) + pad_length  # the first phoneme's first id
     starts: list[int] = []
     ends: list[int] = []
-    after_separator = True
+    run_start = id_index - pad_length  # first id of the current run of separators (or BOS pad)
+    run_is_pause = True  # sentence start, or the run holds punctuation
+    previous_separator = True
     for phoneme in chunk.phonemes:
         own_end = id_index + len(id_map[phoneme])
         separator = _is_separator(phoneme)
-        starts.append(
-            id_starts[id_index - pad_length]
-            if after_separator and not separator
-            else id_starts[id_index]
-        )
+        if separator and not previous_separator:
+            run_start, run_is_pause = id_index, False
+        if separator and phoneme != " ":
+            run_is_pause = True
+        if previous_separator and not separator:
+            starts.append(id_starts[id_index - pad_length if run_is_pause else run_start])
+        else:
+            starts.append(id_starts[id_index])
         ends.append(id_starts[own_end] if separator else id_starts[own_end + pad_length])
         id_index = own_end + pad_length
-        after_separator = separator
+        previous_separator = separator
     return starts, ends
