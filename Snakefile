@@ -16,9 +16,12 @@ include: "rules/common.smk"
 include: "rules/intake.smk"
 include: "rules/speech.smk"
 include: "rules/timing.smk"
+include: "rules/presenter.smk"
+include: "rules/video.smk"
 
 
 rule all:
     default_target: True
     input:
-        story_path(config.get("default_story", "demo"), "phonemes.json"),
+        story_path(config.get("default_story", "demo"), "final.mp4"),
+        story_path(config.get("default_story", "demo"), "preview.png"),

@@ -131,6 +131,139 @@ def make_phonemes(
     return result
 
 
+def presenter_landmarks(
+    *, story_json: str, presenter_png: str, reference: str, presenter: dict
+) -> dict:
+    """The story's presenter portrait and its 68 reference landmarks."""
+    from storyreel.presenter import detect_reference
+
+    story = read_json(story_json)
+    name = story.get("presenter") or presenter["default"]
+    entry = presenter["presenters"].get(name)
+    if entry is None:
+        available = ", ".join(sorted(presenter["presenters"]))
+        raise StoryError(
+            f"story '{story['id']}': field 'presenter' is {name!r}, which is not a configured "
+            f"presenter (available: {available})"
+        )
+    image = entry.get("image")
+    return detect_reference(
+        Path(image) if image else None,
+        Path(presenter_png),
+        Path(reference),
+        name=name,
+        max_side=presenter.get("max_side", 1024),
+    )
+
+
+def animate_presenter(
+    *,
+    story_json: str,
+    phonemes: str,
+    reference: str,
+    frames_npz: str,
+    visemes: str,
+    fps: float,
+    animate: dict,
+) -> dict:
+    """Per-frame landmarks: mouth shapes from the phones, blinks and head motion."""
+    from storyreel.animate import animate as animate_track
+
+    story = read_json(story_json)
+    timeline = read_json(phonemes)
+    return animate_track(
+        timeline,
+        read_json(reference),
+        fps=fps,
+        duration=timeline["duration"],
+        # The same story always moves the same way; another story blinks elsewhere.
+        seed_text=f"{story['id']}\n{story['text']}",
+        out_npz=Path(frames_npz),
+        out_visemes=Path(visemes),
+        **animate,
+    )
+
+
+def render_presenter(
+    *, presenter_png: str, reference: str, frames_npz: str, frames: str, shard: str, render: dict
+) -> int:
+    """One shard of the presenter frames (frames/shard-{i}/frame-{k:06d}.png)."""
+    from storyreel.render import render_shard
+
+    return render_shard(
+        render["backend"],
+        Path(presenter_png),
+        read_json(reference),
+        Path(frames_npz),
+        Path(frames),
+        shard=int(shard),
+        shards=render["shards"],
+        png_compression=render.get("png_compression", 1),
+    )
+
+
+def compose_video(
+    *,
+    story_json: str,
+    assets: str,
+    frames: list[str],
+    wav: str,
+    phonemes: str,
+    transcript: str,
+    mp4: str,
+    vtt: str,
+    video: dict,
+) -> dict:
+    """The final video: images, presenter, lower third, captions, intro and outro cards."""
+    from storyreel.compose import compose
+
+    settings = dict(video)
+    ffmpeg = settings.pop("ffmpeg", "bundled")
+    settings.pop("format", None)  # the format's name; its size and fps are in settings
+    summary = compose(
+        story=read_json(story_json),
+        story_dir=Path(assets).parent,  # images[].file are relative to the story directory
+        frame_dirs=[Path(folder) for folder in frames],
+        wav=Path(wav),
+        phonemes=read_json(phonemes),
+        transcript=read_json(transcript),
+        out_mp4=Path(mp4),
+        out_vtt=Path(vtt),
+        video=settings,
+        ffmpeg=ffmpeg,
+    )
+    log.info("composed %s", summary)
+    return summary
+
+
+def preview_sheet(
+    *,
+    frames: list[str],
+    wav: str,
+    phonemes: str,
+    visemes: str,
+    frames_npz: str,
+    preview: str,
+    fps: float,
+) -> None:
+    """A contact sheet and a lip-sync timeline, for a person to check the video at a glance."""
+    import numpy as np
+
+    from storyreel.preview import make_preview
+
+    with np.load(frames_npz) as track:
+        mouth_open = track["mouth_open"]
+    make_preview(
+        frame_dirs=[Path(folder) for folder in frames],
+        wav=Path(wav),
+        phonemes=read_json(phonemes),
+        visemes=read_json(visemes),
+        mouth_open=mouth_open,
+        fps=fps,
+        out_png=Path(preview),
+    )
+
+
 @contextlib.contextmanager
 def logged(log_path: str | Path | None) -> Iterator[None]:
     """Send the step's log to its Snakemake log file (and stderr); record failures there too."""
@@ -156,11 +289,16 @@ def logged(log_path: str | Path | None) -> Iterator[None]:
     log.info("done in %.2f s", time.perf_counter() - started)
 
 
+def _plain(value: Any) -> Any:
+    return [str(item) for item in value] if isinstance(value, list) else value
+
+
 def run_from_snakemake(snakemake: Any, step: Callable[..., Any]) -> None:
     """Call ``step`` with a rule's named inputs, outputs, params and wildcards as keywords."""
     kwargs: dict[str, Any] = {}
     for group in (snakemake.input, snakemake.output, snakemake.params):
-        kwargs.update(group.items())
+        # Named items only; a named list of files (expand) arrives as a list of paths.
+        kwargs.update((name, _plain(value)) for name, value in group.items())
     accepted = inspect.signature(step).parameters
     kwargs.update((name, value) for name, value in snakemake.wildcards.items() if name in accepted)
     try:
