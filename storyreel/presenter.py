@@ -40,6 +40,7 @@ def detect_reference(
     *,
     name: str,
     max_side: int = 1024,
+    framing: float | None = None,
 ) -> dict:
     """Normalise the presenter portrait, find its face and write the 68 landmarks.
 
@@ -72,7 +73,13 @@ def detect_reference(
         )
 
     points = _landmarks(pixels, box)
-    height, width = pixels.shape[:2]
+    if framing:
+        crop = head_and_shoulders(box, image.size, framing)
+        image = image.crop(crop)
+        points -= np.array(crop[:2], dtype=points.dtype)
+        box = (box[0] - crop[0], box[1] - crop[1], box[2] - crop[0], box[3] - crop[1])
+        log.info("presenter image %s: framed head and shoulders at %s", label, list(crop))
+    height, width = image.height, image.width
     # A face at the image border can have jaw points predicted outside it.
     points[:, 0] = points[:, 0].clip(0, width - 1)
     points[:, 1] = points[:, 1].clip(0, height - 1)
@@ -157,6 +164,27 @@ def _load_portrait(image_path: Path | None, label: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def head_and_shoulders(
+    box: tuple[int, int, int, int], size: tuple[int, int], framing: float
+) -> tuple[int, int, int, int]:
+    """A 4:5 crop ``framing`` face widths wide, the face in its upper half, inside the image.
+
+    The crop's sides are even (the encoder's chroma subsampling needs it); where the image is
+    too small for the crop, the crop shrinks and keeps its aspect.
+    """
+    width, height = size
+    x0, y0, x1, y1 = box
+    crop_w = (x1 - x0) * framing
+    crop_h = crop_w * 1.25
+    scale = min(1.0, width / crop_w, height / crop_h)
+    crop_w, crop_h = 2 * int(crop_w * scale / 2), 2 * int(crop_h * scale / 2)
+    left = round((x0 + x1) / 2 - crop_w / 2)
+    top = round((y0 + y1) / 2 - 0.4 * crop_h)  # face centre 40 % down: room for shoulders
+    left = min(max(left, 0), width - crop_w)
+    top = min(max(top, 0), height - crop_h)
+    return left, top, left + crop_w, top + crop_h
 
 
 def _fit(image: Image.Image, max_side: int) -> Image.Image:

@@ -153,6 +153,7 @@ def presenter_landmarks(
         Path(reference),
         name=name,
         max_side=presenter.get("max_side", 1024),
+        framing=presenter.get("framing"),
     )
 
 
