@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
-DEMO_TARGET := stories/demo/phonemes.json
+DEMO_TARGET := stories/demo/final.mp4
 
 .PHONY: demo test lint bench rulegraph install clean
 
@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(SNAKEMAKE) $(DEMO_TARGET)
-	@echo "demo story rendered: $(DEMO_TARGET)"
+	$(SNAKEMAKE) $(DEMO_TARGET) stories/demo/preview.png
+	@echo "demo video: $(CURDIR)/$(DEMO_TARGET) (lip-sync sheet: stories/demo/preview.png)"
 
 test: $(STAMP)
 	$(BIN)/pytest
@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/audio.py
+	$(BIN)/python bench/video.py
 
 # The rule graph as a picture for the README.
 rulegraph: $(STAMP)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,11 @@ def run_snakemake(workdir: Path, *targets: str, config: dict | None = None, chec
         "--configfile",
         str(REPO / "config.yaml"),
     ]
-    for key, value in (config or {}).items():
-        args += ["--config", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    if config:  # one --config: a second one would replace the first
+        args += ["--config"] + [
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in config.items()
+        ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
@@ -78,3 +82,41 @@ def demo_inbox(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("examples")
     shutil.copytree(REPO / "examples" / "stories", folder, dirs_exist_ok=True)
     return folder
+
+
+STORY_TEXT = (
+    "On Monday, 1,200 volunteers planted trees along the river \u2014 "
+    "\u201cour biggest day yet\u201d, said Dr. Okafor \U0001f333.\n\n"
+    "The city will spend $2.5 million on the 2nd phase of the park."
+)
+
+
+@dataclass
+class RenderedStory:
+    work: Path
+    story_dir: Path
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def rendered_story(tmp_path_factory) -> RenderedStory:
+    """One short story through the whole real workflow (final.mp4 and preview.png), once."""
+    work = tmp_path_factory.mktemp("workflow")
+    inbox = work / "inbox"
+    inbox.mkdir()
+    write_image(inbox / "river.png", size=(400, 300))
+    write_image(inbox / "park.png", size=(3000, 500), color=(30, 120, 60))  # odd-sized
+    story = {
+        "id": "river-park",
+        "title": "Volunteers plant trees along the river",
+        "text": STORY_TEXT,
+        "images": [{"uri": "river.png", "credit": "Newsroom"}, {"uri": "park.png"}],
+    }
+    (inbox / "river-park.json").write_text(json.dumps(story), encoding="utf-8")
+    result = run_snakemake(
+        work,
+        "stories/river-park/final.mp4",
+        "stories/river-park/preview.png",
+        config={"story_source": str(inbox / "{story}.json")},
+    )
+    return RenderedStory(work, work / "stories" / "river-park", result)

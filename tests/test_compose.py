@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import soundfile
+from media import AUDIO_RATE, decoded_audio, decoded_frames, probe_streams, top_level_boxes
 from PIL import Image, ImageDraw
 
 from storyreel.captions import build_cues
@@ -25,7 +25,6 @@ PARAGRAPHS = [
     ["The new bridge opens next spring."],
 ]
 PRESENTER_BACKGROUND = (200, 40, 200)  # a colour no other part of the test video uses
-AUDIO_RATE = 48_000
 
 
 # --- fixtures: a small story with everything the compose step reads ---------------------------
@@ -178,60 +177,6 @@ def run_compose(files: StoryFiles, out_dir: Path, **video) -> tuple[Path, dict, 
 
 
 # --- reading the video back ---------------------------------------------------------------------
-
-
-def probe_streams(path: Path) -> list[dict]:
-    """Codec, pixel format, size and frame rate of each stream, from `ffmpeg -i`'s listing."""
-    listing = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True,
-                             text=True).stderr
-    streams = []
-    for match in re.finditer(r"Stream #\d+:\d+\S*: (Video|Audio): (\w+)(.*)", listing):
-        kind, codec, rest = match.groups()
-        stream = {"kind": kind.lower(), "codec": codec}
-        if kind == "Video":
-            stream["pix_fmt"] = re.search(r", (yuv\w+|rgb\w+|gray\w*)", rest).group(1)
-            width, height = re.search(r", (\d+)x(\d+)", rest).groups()
-            stream["size"] = (int(width), int(height))
-            stream["fps"] = float(re.search(r", ([\d.]+) fps", rest).group(1))
-        else:
-            stream["rate"] = int(re.search(r", (\d+) Hz", rest).group(1))
-        streams.append(stream)
-    return streams
-
-
-def decoded_audio(path: Path) -> np.ndarray:
-    raw = subprocess.run(
-        [FFMPEG, "-v", "error", "-i", str(path), "-map", "0:a", "-f", "s16le", "-ac", "1",
-         "-ar", str(AUDIO_RATE), "-"],
-        capture_output=True, check=True,
-    ).stdout
-    return np.frombuffer(raw, np.int16).astype(np.float32) / 32768
-
-
-def decoded_frames(path: Path) -> np.ndarray:
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    width, height = meta["size"]
-    return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    """The MP4's top-level box types in file order."""
-    boxes = []
-    with open(path, "rb") as file:
-        size_total = path.stat().st_size
-        position = 0
-        while position < size_total:
-            file.seek(position)
-            header = file.read(16)
-            size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
-            if size == 1:
-                size = int.from_bytes(header[8:16], "big")
-            elif size == 0:
-                size = size_total - position
-            boxes.append(kind)
-            position += size
-    return boxes
 
 
 def highlight_mask(frame: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, run_snakemake, write_image
 from PIL import Image
@@ -214,3 +215,11 @@ def test_bad_story_through_the_workflow(story_factory, tmp_path):
     assert result.returncode != 0
     assert "story 'council'" in result.stderr and "field 'text' is empty" in result.stderr
     assert not (tmp_path / "stories" / "council" / "story.json").exists()
+
+
+def test_huge_but_legal_image_is_downscaled(story_factory, tmp_path):
+    folder = story_factory().parent
+    noise = np.random.default_rng(7).integers(0, 255, (4000, 6000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "huge.jpg", quality=80)
+    story = run_init(story_factory(images=[{"uri": "huge.jpg"}]), tmp_path)
+    assert (story["images"][0]["width"], story["images"][0]["height"]) == (1024, 683)

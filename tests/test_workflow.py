@@ -10,36 +10,12 @@ import soundfile
 from conftest import REPO, run_snakemake
 
 AUDIO_RULES = ["init_story", "transcript", "tts", "align", "phonemes"]
-TEXT = (
-    "On Monday, 1,200 volunteers planted trees along the river \u2014 "
-    "\u201cour biggest day yet\u201d, "
-    "said Dr. Okafor \U0001f333.\n\n"
-    "The city will spend $2.5 million on the 2nd phase of the park."
-)
+VIDEO_RULES = ["landmarks", "animate", "render", "compose", "preview"]
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """Run the audio half once for the module: story file -> phonemes.json."""
-    work = tmp_path_factory.mktemp("workflow")
-    inbox = work / "inbox"
-    inbox.mkdir()
-    from conftest import write_image
-
-    write_image(inbox / "river.png", size=(400, 300))
-    story = {
-        "id": "river-park",
-        "title": "Volunteers plant trees",
-        "text": TEXT,
-        "images": [{"uri": "river.png", "credit": "Newsroom"}],
-    }
-    (inbox / "river-park.json").write_text(json.dumps(story), encoding="utf-8")
-    result = run_snakemake(
-        work,
-        "stories/river-park/phonemes.json",
-        config={"story_source": str(inbox / "{story}.json")},
-    )
-    return work / "stories" / "river-park", result
+def rendered(rendered_story):
+    return rendered_story.story_dir, rendered_story.result
 
 
 def load(story_dir, name):
@@ -48,10 +24,11 @@ def load(story_dir, name):
 
 def test_every_rule_ran_with_log_and_benchmark(rendered):
     story_dir, result = rendered
-    for rule in AUDIO_RULES:
+    for rule in AUDIO_RULES + VIDEO_RULES:
         assert f"rule {rule}:" in result.stderr or f"localrule {rule}:" in result.stderr
-        assert (story_dir / "logs" / f"{rule}.log").stat().st_size > 0
-        assert (story_dir / "benchmarks" / f"{rule}.tsv").read_text().startswith("s\t")
+        step = f"{rule}-0" if rule == "render" else rule
+        assert (story_dir / "logs" / f"{step}.log").stat().st_size > 0
+        assert (story_dir / "benchmarks" / f"{step}.tsv").read_text().startswith("s\t")
 
 
 def test_speech_matches_the_phone_timeline(rendered):
@@ -136,7 +113,8 @@ def test_rerun_is_a_no_op(rendered):
     work = story_dir.parent.parent
     result = run_snakemake(
         work,
-        "stories/river-park/phonemes.json",
+        "stories/river-park/final.mp4",
+        "stories/river-park/preview.png",
         config={"story_source": str(work / "inbox" / "{story}.json")},
     )
     assert "Nothing to be done" in result.stdout + result.stderr
