@@ -89,6 +89,16 @@ def run_setting(name: str, shards: int) -> dict:
         }
 
 
+def where_time_went(log: Path) -> str:
+    """The line in which a step breaks its time down (render: frames in; compose: composed)."""
+    lines = [
+        line
+        for line in log.read_text().splitlines()
+        if " frames in " in line or " composed " in line
+    ]
+    return f"{log.stem}: " + (lines[-1].split(" INFO ", 1)[-1] if lines else "no breakdown")
+
+
 def print_result(result: dict) -> None:
     steps = result["steps"]
     render_s, compose_s = steps["render"][0], steps["compose"][0]

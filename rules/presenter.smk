@@ -23,6 +23,7 @@ rule animate:
     input:
         story_json=story_file("story.json"),
         phonemes=story_file("phonemes.json"),
+        wav=story_file("speech.wav"),
         reference=story_file("landmarks/reference.json"),
     output:
         frames_npz=story_file("landmarks/frames.npz"),

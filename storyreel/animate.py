@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from storyreel.timeline import frame_count as video_frame_count
+
 log = logging.getLogger(__name__)
 
 
@@ -261,8 +263,7 @@ def animate_track(
         raise ValueError(f"reference points must be 68 (x, y) pairs, got shape {neutral.shape}")
     face = face_frame(neutral)
 
-    # round(): 10 s at 30 fps is 300 frames, not ceil(300.00000000000006).
-    frame_count = math.ceil(round(duration * fps, 6))
+    frame_count = video_frame_count(duration, fps)
     times = np.arange(frame_count) / fps
     timeline = build_timeline(phonemes)
     blink_rng, head_rng, brow_rng = story_generators(seed_text, 3)

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from storyreel.captions import CaptionTrack, Cue, build_cues, write_vtt
+from storyreel.timeline import frame_count
 
 VIDEO_DEFAULTS = {
     "width": 1280,
@@ -104,7 +105,7 @@ def compose(
     speech_seconds = soundfile.info(str(wav)).duration
     presenter = PresenterFrames(frame_dirs, speech_seconds, settings.get("presenter_fps", fps))
     intro_frames = round(settings["intro_seconds"] * fps)
-    speech_frames = math.ceil(speech_seconds * fps - 1e-6)
+    speech_frames = frame_count(speech_seconds, fps)
     outro_frames = round(settings["outro_seconds"] * fps)
     total_frames = intro_frames + speech_frames + outro_frames
     intro_end = intro_frames / fps
@@ -134,14 +135,20 @@ def compose(
         total_frames=total_frames,
     )
     started = time.perf_counter()
+    composite_s = 0.0
     try:
         with tempfile.TemporaryFile() as log, FfmpegPipe(args, log) as pipe, tqdm(
             total=total_frames, unit="frame", desc="compose", file=sys.stderr,
             disable=not progress, mininterval=1.0,
         ) as bar:
             for index in range(total_frames):
-                pipe.write(scene.frame(index / fps))
+                tick = time.perf_counter()
+                frame = scene.frame(index / fps)
+                composite_s += time.perf_counter() - tick
+                pipe.write(frame)
                 bar.update()
+            finishing = time.perf_counter()
+        encoder_tail_s = time.perf_counter() - finishing
         partial.replace(out_mp4)
     finally:
         partial.unlink(missing_ok=True)
@@ -154,6 +161,11 @@ def compose(
         "seconds": seconds,
         "frames_per_second": total_frames / seconds if seconds else float("inf"),
         "cues": len(cues),
+        # Where the time went: compositing in Python, the rest is the encoder keeping up
+        # (pipe writes block while x264 is busy) and finishing after the last frame.
+        "composite_seconds": round(composite_s, 2),
+        "encoder_wait_seconds": round(seconds - composite_s - encoder_tail_s, 2),
+        "encoder_tail_seconds": round(encoder_tail_s, 2),
     }
 
 
@@ -353,7 +365,7 @@ class PresenterFrames:
 
     def __init__(self, frame_dirs: list[Path], speech_seconds: float, fps: float):
         paths = index_frames(frame_dirs)
-        expected = math.ceil(speech_seconds * fps - 1e-6)
+        expected = frame_count(speech_seconds, fps)
         missing = [index for index in range(expected) if index not in paths]
         if missing:
             raise ComposeError(

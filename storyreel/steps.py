@@ -161,6 +161,7 @@ def animate_presenter(
     *,
     story_json: str,
     phonemes: str,
+    wav: str,
     reference: str,
     frames_npz: str,
     visemes: str,
@@ -169,6 +170,7 @@ def animate_presenter(
 ) -> dict:
     """Per-frame landmarks: mouth shapes from the phones, blinks and head motion."""
     from storyreel.animate import animate as animate_track
+    from storyreel.timeline import speech_seconds
 
     story = read_json(story_json)
     timeline = read_json(phonemes)
@@ -176,7 +178,7 @@ def animate_presenter(
         timeline,
         read_json(reference),
         fps=fps,
-        duration=timeline["duration"],
+        duration=speech_seconds(wav),  # exact: compose counts frames from the same wav
         # The same story always moves the same way; another story blinks elsewhere.
         seed_text=f"{story['id']}\n{story['text']}",
         out_npz=Path(frames_npz),

@@ -10,7 +10,9 @@ looked up by name (config key ``render.backend``) and imported only when chosen,
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from storyreel.render.base import N_LANDMARKS, RenderBackend, as_landmarks
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
@@ -121,6 +125,7 @@ def render_shard(
     when present, must match the presenter image). PNGs are encoded on ``writer_threads`` threads
     (OpenCV releases the GIL) while the next frame renders; at most two frames per thread wait.
     """
+    started = time.perf_counter()
     presenter = load_presenter(Path(presenter_png))
     height, width = presenter.shape[:2]
     expected = (reference.get("width", width), reference.get("height", height))
@@ -141,9 +146,13 @@ def render_shard(
         total=len(frames), desc=f"render {backend} shard {shard + 1}/{shards}", unit="frame",
         file=sys.stderr, disable=not progress,
     )
+    setup_s = time.perf_counter() - started
+    render_s = 0.0
     with bar, ThreadPoolExecutor(max_workers=max(1, writer_threads)) as writers:
         for k in frames:
+            tick = time.perf_counter()
             image = renderer.render(all_points[k])
+            render_s += time.perf_counter() - tick
             path = out_dir / f"frame-{k:06d}.png"
             pending.append(writers.submit(_write_png, path, image, params))
             # Bound the frames in flight; .result() also re-raises a failed write here.
@@ -153,4 +162,11 @@ def render_shard(
         while pending:
             pending.popleft().result()
             bar.update()
+    total_s = time.perf_counter() - started
+    # Where the time went: the rest of the wall time is waiting for the PNG writers.
+    log.info(
+        "%d frames in %.2f s (%.1f fps): setup %.2f s, %s %.2f s, waiting for PNG writes %.2f s",
+        len(frames), total_s, len(frames) / total_s if total_s else 0.0, setup_s, backend,
+        render_s, total_s - setup_s - render_s,
+    )
     return len(frames)
