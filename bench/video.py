@@ -85,6 +85,9 @@ def run_setting(name: str, shards: int) -> dict:
             "png_mb": sum(f.stat().st_size for f in frames) / 1e6,
             "steps": steps,
             "wall_s": wall,
+            "breakdown": [
+                where_time_went(story / "logs" / f"{step}.log") for step in ("render-0", "compose")
+            ],
             "mp4_mb": (story / "final.mp4").stat().st_size / 1e6,
         }
 
@@ -118,6 +121,8 @@ def print_result(result: dict) -> None:
         f"render + compose: {render_s + compose_s:.1f} s for {result['speech_s']:.1f} s of "
         f"speech ({(render_s + compose_s) / result['speech_s']:.2f} x real time)"
     )
+    for line in result["breakdown"]:
+        print(f"  {line}")
     print(
         f"visual half wall time (Snakemake, incl. start-up): {result['wall_s']:.1f} s; "
         f"PNG frames {result['png_mb']:.0f} MB; final.mp4 {result['mp4_mb']:.1f} MB; "
