@@ -161,23 +161,13 @@ def animate(
     phonemes: dict,
     reference: dict,
     *,
-    fps: float,
-    duration: float,
-    seed_text: str,
     out_npz: Path,
     out_visemes: Path,
-    anticipation: float = 0.045,
-    carryover: float = 0.025,
-    rest_after: float = 0.25,
-    articulation: float = 1.0,
-    blink_interval: Sequence[float] = (2.0, 6.0),
-    blink_duration: float = 0.15,
-    head_motion: float = 1.0,
-    brow_raise: float = 1.0,
+    **options,
 ) -> dict:
     """Animate the presenter's landmarks for a story; write frames.npz and visemes.json.
 
-    Options:
+    ``options`` are :func:`animate_track`'s (fps, duration, seed_text and):
     - ``anticipation`` / ``carryover``: how far (s, a Gaussian's sigma) a phone's shape reaches
       ahead of it and lingers after it;
     - ``rest_after``: pauses at least this long (s) close the mouth;
@@ -187,21 +177,8 @@ def animate(
 
     Returns the visemes.json dict.
     """
-    track = animate_track(
-        phonemes,
-        reference,
-        fps=fps,
-        duration=duration,
-        seed_text=seed_text,
-        anticipation=anticipation,
-        carryover=carryover,
-        rest_after=rest_after,
-        articulation=articulation,
-        blink_interval=blink_interval,
-        blink_duration=blink_duration,
-        head_motion=head_motion,
-        brow_raise=brow_raise,
-    )
+    track = animate_track(phonemes, reference, **options)
+    fps = options["fps"]
     out_npz = Path(out_npz)
     out_npz.parent.mkdir(parents=True, exist_ok=True)
     tmp_npz = out_npz.with_name(out_npz.name + ".tmp")
