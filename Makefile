@@ -39,4 +39,34 @@ rulegraph: $(STAMP)
 	@echo "wrote docs/rulegraph.svg"
 
 clean:
-	rm -rf stories .snakemake
+	rm -rf stories published .snakemake
+
+# Container images for GKE, one per image family (containers/<family>.Dockerfile, one per
+# envs/<family>.yaml), each built on the base image and pushed as
+# $(REGISTRY)/storyreel-<family>:$(VERSION). Needs a container engine, so it is not part of
+# `make test`.  Example:  make images REGISTRY=<host>/<project>/<repository>
+CONTAINER_TOOL ?= docker
+REGISTRY ?=
+# A dirty tree gets the tag of its last commit: set VERSION explicitly for such builds.
+VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+# GKE's nodes are x86-64 and the pinned wheels are checked there; also when building on arm64.
+PLATFORM ?= linux/amd64
+IMAGE_FAMILIES := $(sort $(basename $(notdir $(wildcard envs/*.yaml))))
+IMAGE_REF = $(REGISTRY)/storyreel-$(1):$(VERSION)
+
+.PHONY: images image-base $(addprefix image-,$(IMAGE_FAMILIES))
+
+images: $(addprefix image-,$(IMAGE_FAMILIES))
+
+# Pushed before any family is built, so builders that resolve FROM in the registry find it.
+image-base:
+	$(if $(REGISTRY),,$(error REGISTRY is not set: make images REGISTRY=<host>/<project>/<repository>))
+	$(if $(VERSION),,$(error VERSION is empty (not a git checkout?): make images VERSION=<tag>))
+	$(CONTAINER_TOOL) build --platform $(PLATFORM) -f containers/base.Dockerfile \
+		-t $(call IMAGE_REF,base) .
+	$(CONTAINER_TOOL) push $(call IMAGE_REF,base)
+
+$(addprefix image-,$(IMAGE_FAMILIES)): image-%: image-base
+	$(CONTAINER_TOOL) build --platform $(PLATFORM) -f containers/$*.Dockerfile \
+		--build-arg BASE_IMAGE=$(call IMAGE_REF,base) -t $(call IMAGE_REF,$*) .
+	$(CONTAINER_TOOL) push $(call IMAGE_REF,$*)

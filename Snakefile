@@ -18,6 +18,7 @@ include: "rules/speech.smk"
 include: "rules/timing.smk"
 include: "rules/presenter.smk"
 include: "rules/video.smk"
+include: "rules/publish.smk"
 
 
 rule all:

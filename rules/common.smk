@@ -1,6 +1,7 @@
 # Helpers and constraints shared by all files in rules/
 
 from storyreel.settings import video_settings
+from storyreel.storage import is_gcs_uri
 from storyreel.story import STORY_ID_PATTERN
 
 STORIES = config["stories_dir"]
@@ -20,6 +21,29 @@ def story_path(story, name):
 def story_file(name):
     """A file of the story named by the {story} wildcard, in inputs and outputs."""
     return f"{STORIES}/{{story}}/{name}"
+
+
+def for_story(template, story):
+    """A configured template (a path or gs:// URI) with its {story} filled in. Not str.format:
+    the story id is the only placeholder, and any other braces in a path stay as they are."""
+    return template.replace("{story}", story)
+
+
+def story_source(wildcards):
+    """Where init_story reads the story: a local path or a gs:// URI."""
+    return for_story(config["story_source"], wildcards.story)
+
+
+def local_story_file(wildcards):
+    """The story file as an input, so that editing it reruns init_story; none for gs://."""
+    source = story_source(wildcards)
+    return [] if is_gcs_uri(source) else source
+
+
+def publish_destination(wildcards):
+    """storage.publish_prefix (gs://) for the story, or the local storage.publish_dir."""
+    publishing = config["storage"]  # not `storage`: that is a Snakemake keyword
+    return for_story(publishing["publish_prefix"] or publishing["publish_dir"], wildcards.story)
 
 
 def step_log(step):

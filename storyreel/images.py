@@ -1,5 +1,8 @@
 """News images: resolve where an image lives, check it, and normalise it into the story.
 
+An image is a local file, a file inside an installed package, or an object in GCS under a
+prefix the configuration allows (downloaded by the intake step).
+
 An image is decoded, never copied blindly: a file that is not an image, a truncated file or a
 decompression bomb fails with the file named, before it can reach the renderer.
 """
@@ -7,6 +10,7 @@ decompression bomb fails with the file named, before it can reach the renderer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -14,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from storyreel.storage import GcsUri, StorageError, is_allowed, is_gcs_uri, parse_gcs_uri
 from storyreel.story import StoryError
 
 log = logging.getLogger(__name__)
@@ -29,29 +34,73 @@ class ImageLimits:
     min_side: int = 64
 
 
-def resolve_image_uri(uri: str, story_file: Path) -> Path:
-    """Map an image URI of a story to a local file path.
+def resolve_image_uri(
+    uri: str,
+    story_source: str | Path,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+    label: str | None = None,
+) -> Path | GcsUri:
+    """Where an image of a story lives: a local file, or a GCS object to download.
 
-    - a relative path is relative to the story file; absolute paths and ``file://`` URIs as is;
+    - ``gs://BUCKET/PATH`` only under one of ``allowed_prefixes`` (none given: never);
+    - a relative path is relative to the story: to its folder for a story file, to its prefix
+      for a story read from GCS (and then under an allowed prefix like any gs:// image);
+    - an absolute path or a ``file://`` URI as is, but only in a local story: a story read from
+      GCS never names a file on the worker;
     - ``package://MODULE/PATH`` is a file shipped inside an installed Python package (the demo
       story uses public-domain photos that ship with scikit-image, so none are copied here).
+
+    ``label`` names the image in errors (e.g. "story 'demo' images[1] (photo.png)").
     """
+    label = label or f"image {uri!r}"
     parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
-        return path if path.is_absolute() else story_file.parent / path
     if parsed.scheme == "package":
-        parts = PurePosixPath(parsed.path).parts[1:]
-        if not parsed.netloc or not parts or ".." in parts:
-            raise StoryError(f"image {uri!r}: expected package://MODULE/PATH inside the package")
-        try:
-            return Path(str(resources.files(parsed.netloc).joinpath(*parts)))
-        except ModuleNotFoundError:
-            raise StoryError(f"image {uri!r}: package {parsed.netloc!r} is not installed") from None
-    raise StoryError(
-        f"image {uri!r}: the {parsed.scheme}:// scheme is not supported by the local image "
-        "source (use a path, a file:// or a package:// URI)"
-    )
+        return _package_file(uri, label)
+    if parsed.scheme == "gs":
+        return _allowed_object(uri, None, allowed_prefixes, label)
+    if parsed.scheme not in ("", "file"):
+        raise StoryError(
+            f"{label}: the {parsed.scheme}:// scheme is not supported (use a path, a file://, "
+            "a package:// or a gs:// URI)"
+        )
+    if is_gcs_uri(str(story_source)):
+        if parsed.scheme == "file" or uri.startswith("/"):
+            raise StoryError(
+                f"{label}: a story read from GCS cannot name a file on the worker (use a path "
+                "relative to the story, a gs:// URI or a package:// URI)"
+            )
+        return _allowed_object(uri, str(story_source), allowed_prefixes, label)
+    path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+    return path if path.is_absolute() else Path(story_source).parent / path
+
+
+def _allowed_object(
+    uri: str, story_uri: str | None, allowed_prefixes: Sequence[str], label: str
+) -> GcsUri:
+    """The GCS object ``uri`` names (relative to ``story_uri`` if given), if it is allowed."""
+    try:
+        location = parse_gcs_uri(story_uri).join(uri) if story_uri else parse_gcs_uri(uri)
+    except StorageError as err:
+        raise StoryError(f"{label}: {err}") from None
+    if not is_allowed(location, allowed_prefixes):
+        allowed = ", ".join(allowed_prefixes) or "none are configured"
+        raise StoryError(
+            f"{label}: {location} is not under an allowed image prefix "
+            f"(storage.allowed_image_prefixes: {allowed})"
+        )
+    return location
+
+
+def _package_file(uri: str, label: str) -> Path:
+    parsed = urlparse(uri)
+    parts = PurePosixPath(parsed.path).parts[1:]
+    if not parsed.netloc or not parts or ".." in parts:
+        raise StoryError(f"{label}: expected package://MODULE/PATH inside the package")
+    try:
+        return Path(str(resources.files(parsed.netloc).joinpath(*parts)))
+    except ModuleNotFoundError:
+        raise StoryError(f"{label}: package {parsed.netloc!r} is not installed") from None
 
 
 def normalise_image(

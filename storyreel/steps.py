@@ -1,8 +1,9 @@
 """The workflow's steps as plain functions of paths and config, one per Snakemake rule.
 
 Rules call these through thin scripts (``scripts/*.py``), tests call them directly. Each step
-reads its inputs, writes its outputs and nothing else; outputs are written whole or not at all
-(Snakemake removes the outputs of a failed job).
+reads its inputs, writes its outputs and nothing else (publish also stores copies where the
+configuration says: that is its job); outputs are written whole or not at all (Snakemake removes
+the outputs of a failed job).
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ import inspect
 import json
 import logging
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from storyreel.story import StoryError, check_story_id, load_story
+from storyreel.storage import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    GcsUri,
+    StorageError,
+    download_object,
+    is_gcs_uri,
+    publish_file,
+    read_object,
+)
+from storyreel.story import StoryError, check_story_id, load_story, parse_story
 
 log = logging.getLogger("storyreel")
 
@@ -35,13 +47,26 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def init_story(
-    *, source: str, story_json: str, assets: str, story: str, limits: dict, assets_config: dict
+    *,
+    source: str,
+    story_json: str,
+    assets: str,
+    story: str,
+    limits: dict,
+    assets_config: dict,
+    allowed_image_prefixes: Sequence[str] = (),
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
 ) -> dict:
-    """Validate the submitted story and normalise each of its images into ``assets/``."""
+    """Validate the submitted story and normalise each of its images into ``assets/``.
+
+    ``source`` is a story file or a ``gs://`` object. Images in GCS are taken only from under
+    ``allowed_image_prefixes`` and are downloaded one at a time to a scratch folder; no object
+    larger than ``max_object_bytes`` is read.
+    """
     from storyreel.images import ImageLimits, normalise_image, resolve_image_uri
 
     check_story_id(story)
-    data = load_story(source, expected_id=story)
+    data = _read_story(source, story, max_object_bytes)
     image_limits = ImageLimits(
         max_pixels=limits.get("image_pixels", ImageLimits.max_pixels),
         max_bytes=limits.get("image_bytes", ImageLimits.max_bytes),
@@ -50,23 +75,55 @@ def init_story(
     assets_dir = Path(assets)
     assets_dir.mkdir(parents=True, exist_ok=True)
     images = []
-    for index, image in enumerate(data["images"]):
-        label = f"story '{story}' images[{index}] ({image['uri']})"
-        source_path = resolve_image_uri(image["uri"], Path(source))
-        file_name = f"image-{index:02d}.jpg"
-        size = normalise_image(
-            source_path,
-            assets_dir / file_name,
-            label=label,
-            limits=image_limits,
-            max_side=assets_config.get("max_side", 2048),
-            jpeg_quality=assets_config.get("jpeg_quality", 90),
-        )
-        images.append({**image, "file": f"assets/{file_name}", **size})
+    with tempfile.TemporaryDirectory(prefix="storyreel-images-") as scratch:
+        for index, image in enumerate(data["images"]):
+            label = f"story '{story}' images[{index}] ({image['uri']})"
+            location = resolve_image_uri(
+                image["uri"],
+                source,
+                allowed_prefixes=allowed_image_prefixes,
+                label=label,
+            )
+            file_name = f"image-{index:02d}.jpg"
+            local_file = _local_image(location, Path(scratch), label, max_object_bytes)
+            size = normalise_image(
+                local_file,
+                assets_dir / file_name,
+                label=label,
+                limits=image_limits,
+                max_side=assets_config.get("max_side", 2048),
+                jpeg_quality=assets_config.get("jpeg_quality", 90),
+            )
+            if isinstance(location, GcsUri):
+                local_file.unlink()  # keep at most one download on the disk at a time
+            images.append({**image, "file": f"assets/{file_name}", **size})
     data["images"] = images
     write_json(story_json, data)
     log.info("story '%s': %d characters, %d images", story, len(data["text"]), len(images))
     return data
+
+
+def _read_story(source: str, story: str, max_object_bytes: int) -> dict:
+    """The validated story from a local file or a gs:// object (one decoding, one validation)."""
+    if not is_gcs_uri(source):
+        return load_story(source, expected_id=story)
+    try:
+        raw = read_object(source, max_bytes=max_object_bytes)
+    except StorageError as err:
+        raise StoryError(f"story '{story}': {err}") from None
+    return parse_story(raw, source=source, expected_id=story)
+
+
+def _local_image(location: Path | GcsUri, scratch: Path, label: str, max_bytes: int) -> Path:
+    """The image as a local file: the file itself, or the GCS object downloaded to scratch."""
+    if not isinstance(location, GcsUri):
+        return location
+    # Keep the object's own name: errors about the file then name what the editor sent.
+    local_file = scratch / (PurePosixPath(location.name).name or "image")
+    try:
+        return download_object(location, local_file, max_bytes=max_bytes)
+    except StorageError as err:
+        raise StoryError(f"{label}: {err}") from None
 
 
 def make_transcript(*, story_json: str, transcript: str) -> dict:
@@ -267,6 +324,27 @@ def preview_sheet(
     )
 
 
+def publish_story(
+    *, mp4: str, vtt: str, preview: str, published: str, story: str, destination: str
+) -> dict:
+    """Store the video, captions and preview under ``destination`` (gs:// prefix or folder).
+
+    ``published.json`` records where each file went, its size and checksums, and when.
+    """
+    # The video goes last: a published final.mp4 implies its captions and preview are there.
+    files = [(vtt, "text/vtt"), (preview, "image/png"), (mp4, "video/mp4")]
+    stored = [publish_file(Path(path), destination, content_type) for path, content_type in files]
+    record = {
+        "story": story,
+        "destination": destination,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "files": stored,
+    }
+    write_json(published, record)
+    log.info("published %d files to %s", len(stored), destination)
+    return record
+
+
 @contextlib.contextmanager
 def logged(log_path: str | Path | None) -> Iterator[None]:
     """Send the step's log to its Snakemake log file (and stderr); record failures there too."""
@@ -283,7 +361,7 @@ def logged(log_path: str | Path | None) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
-    except StoryError as err:
+    except (StoryError, StorageError) as err:
         log.error("%s", err)
         raise
     except Exception:
@@ -307,7 +385,8 @@ def run_from_snakemake(snakemake: Any, step: Callable[..., Any]) -> None:
     try:
         with logged(snakemake.log[0] if snakemake.log else None):
             step(**kwargs)
-    except StoryError as err:
-        # A bad story is the editor's problem to fix, not a crash: the message, no traceback.
+    except (StoryError, StorageError) as err:
+        # A bad story is the editor's problem to fix, a missing bucket or permission the
+        # operator's: not a crash. The message says what to do; no traceback.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -1,8 +1,9 @@
 """The story contract: loading and validating a submitted story.
 
 Every intake (the workflow's ``init_story``, the watcher, the newsroom app) goes through
-:func:`load_story` / :func:`validate_story`, so a story is judged by one set of rules and a bad
-one is refused with a message that names the story, the file and the field.
+:func:`load_story` (a local file), :func:`parse_story` (bytes read from elsewhere, e.g. GCS) and
+:func:`validate_story`, so a story is judged by one set of rules and a bad one is refused with a
+message that names the story, the file and the field.
 """
 
 from __future__ import annotations
@@ -52,21 +53,26 @@ def load_story(path: str | Path, expected_id: str | None = None) -> dict[str, An
         raw = path.read_bytes()
     except FileNotFoundError:
         raise StoryError(f"story file {path} does not exist") from None
+    return parse_story(raw, source=str(path), expected_id=expected_id)
+
+
+def parse_story(raw: bytes, source: str, expected_id: str | None = None) -> dict[str, Any]:
+    """Decode and validate a story's bytes, read from ``source`` (a path or a gs:// URI)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise StoryError(
-            f"story file {path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
+            f"story file {source} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
             f"{err.start} cannot be decoded (save the story as UTF-8)"
         ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise StoryError(
-            f"story file {path} is not valid JSON: {err.msg} at line {err.lineno}, "
+            f"story file {source} is not valid JSON: {err.msg} at line {err.lineno}, "
             f"column {err.colno}"
         ) from None
-    return validate_story(data, source=str(path), expected_id=expected_id)
+    return validate_story(data, source=source, expected_id=expected_id)
 
 
 def validate_story(

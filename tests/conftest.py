@@ -49,8 +49,17 @@ def story_factory(tmp_path):
     return make
 
 
-def run_snakemake(workdir: Path, *targets: str, config: dict | None = None, check=True):
-    """Run the real workflow from a scratch directory; return the completed process."""
+def run_snakemake(
+    workdir: Path,
+    *targets: str,
+    config: dict | None = None,
+    env: dict[str, str] | None = None,
+    check=True,
+):
+    """Run the real workflow from a scratch directory; return the completed process.
+
+    ``env`` adds variables to the workflow's environment (e.g. STORAGE_EMULATOR_HOST).
+    """
     # Targets first: --config takes every KEY=VALUE word that follows it.
     args = [
         str(SNAKEMAKE),
@@ -69,7 +78,7 @@ def run_snakemake(workdir: Path, *targets: str, config: dict | None = None, chec
             f"{key}={value if isinstance(value, str) else json.dumps(value)}"
             for key, value in config.items()
         ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
