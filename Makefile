@@ -12,10 +12,11 @@ DEMO_TARGET := stories/demo/final.mp4
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml plugins/*/*/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==25.3"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt ./plugins/snakemake-executor-plugin-storyreel
 	touch $@
 
 demo: $(STAMP)
