@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 DEMO_TARGET := stories/demo/final.mp4
 
-.PHONY: demo test lint bench rulegraph install clean
+.PHONY: demo test lint bench rulegraph install clean gke-profile gke-plan
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml plu
 	touch $@
 
 demo: $(STAMP)
-	$(SNAKEMAKE) $(DEMO_TARGET) stories/demo/preview.png
+	$(SNAKEMAKE) --cores all $(DEMO_TARGET) stories/demo/preview.png
 	@echo "demo video: $(CURDIR)/$(DEMO_TARGET) (lip-sync sheet: stories/demo/preview.png)"
 
 test: $(STAMP)
@@ -41,6 +41,20 @@ rulegraph: $(STAMP)
 
 clean:
 	rm -rf stories published .snakemake
+
+# `snakemake --profile gke` looks the name up in the working directory and in
+# ~/.config/snakemake, never in profiles/: link the repository's profile there.
+PROFILE_HOME := $(HOME)/.config/snakemake
+gke-profile:
+	mkdir -p $(PROFILE_HOME)
+	ln -sfn $(CURDIR)/profiles/gke $(PROFILE_HOME)/gke
+	@echo "$(PROFILE_HOME)/gke -> $(CURDIR)/profiles/gke: snakemake --profile gke works now"
+
+# Rule -> pod -> image -> resources on GKE, read from the workflow alone (no cluster, no
+# credentials). Lay your own config over it with GKE_CONFIG=mine.yaml.
+GKE_CONFIG ?=
+gke-plan: $(STAMP)
+	$(BIN)/python deploy/gke/plan.py $(if $(GKE_CONFIG),--configfile $(GKE_CONFIG))
 
 # Container images for GKE, one per image family (containers/<family>.Dockerfile, one per
 # envs/<family>.yaml), each built on the base image and pushed as

@@ -43,6 +43,8 @@ def snakemake(work: Path, target: str, config: dict) -> float:
         str(overlay),
         "--cores",
         str(len(os.sched_getaffinity(0))),
+        # The frames are temporary outputs; keep them, their count and size are reported.
+        "--notemp",
         "--quiet",
         "all",
     ]

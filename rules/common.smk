@@ -59,6 +59,23 @@ VIDEO = video_settings(config)
 SHARDS = list(range(config["render"]["shards"]))
 
 
+def image(family):
+    """The container image of an image family (containers/<family>.Dockerfile, one per
+    envs/<family>.yaml), as `make images` tags it. Used by the `container:` directives: on GKE
+    each job's pod runs its rule's image; local runs ignore the directive unless asked for
+    --software-deployment-method apptainer."""
+    images = config["containers"]
+    return f"{images['registry']}/storyreel-{family}:{images['tag']}"
+
+
+# render, compose and preview of a story run together, on a cluster in one pod (one Kubernetes
+# Job, the image family "video"): the frames stay on that pod's disk.
+VIDEO_GROUP = "video"
+# The disk (resource disk_mb, the pod's ephemeral-storage request) of that group. A group asks
+# for the most that any of its steps asks for, summed over steps running side by side.
+VIDEO_GROUP_DISK_MB = config["containers"]["video_disk_mb"]
+
+
 def frame_shards(wildcards):
     """Every render shard's frame folder of the story, for the rules that read all frames."""
     return expand(story_file("frames/shard-{shard}"), story=wildcards.story, shard=SHARDS)

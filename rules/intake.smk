@@ -26,6 +26,8 @@ rule init_story:
         step_benchmark("init_story")
     conda:
         "../envs/intake.yaml"
+    container:
+        image("intake")
     script:
         "../scripts/init_story.py"
 
@@ -41,5 +43,7 @@ rule transcript:
         step_benchmark("transcript")
     conda:
         "../envs/intake.yaml"
+    container:
+        image("intake")
     script:
         "../scripts/transcript.py"

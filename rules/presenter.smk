@@ -15,6 +15,8 @@ rule landmarks:
         step_benchmark("landmarks")
     conda:
         "../envs/face.yaml"
+    container:
+        image("face")
     script:
         "../scripts/landmarks.py"
 
@@ -37,6 +39,8 @@ rule animate:
         step_benchmark("animate")
     conda:
         "../envs/face.yaml"
+    container:
+        image("face")
     script:
         "../scripts/animate.py"
 
@@ -47,7 +51,10 @@ rule render:
         reference=story_file("landmarks/reference.json"),
         frames_npz=story_file("landmarks/frames.npz"),
     output:
-        frames=directory(story_file("frames/shard-{shard}")),
+        # Bulky (hundreds of MB per story) and read only by compose and preview: temporary, and
+        # with group_jobs local to the node, so on a cluster render, compose and preview share
+        # one pod and the frames never go through storage.
+        frames=temp(directory(story_file("frames/shard-{shard}")), group_jobs=True),
     params:
         render=config["render"],
     log:
@@ -56,5 +63,13 @@ rule render:
         f"{STORIES}/{{story}}/benchmarks/render-{{shard}}.tsv"
     conda:
         "../envs/face.yaml"
+    container:
+        # The group's image: the video image also carries the face packages render needs.
+        image("video")
+    group:
+        VIDEO_GROUP
+    resources:
+        # The shards run side by side: together they may fill the group's disk.
+        disk_mb=VIDEO_GROUP_DISK_MB // len(SHARDS),
     script:
         "../scripts/render.py"

@@ -19,5 +19,7 @@ rule publish:
     conda:
         # The intake environment already carries the storage client.
         "../envs/intake.yaml"
+    container:
+        image("intake")
     script:
         "../scripts/publish.py"

@@ -16,5 +16,7 @@ rule tts:
         step_benchmark("tts")
     conda:
         "../envs/speech.yaml"
+    container:
+        image("speech")
     script:
         "../scripts/tts.py"

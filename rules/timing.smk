@@ -16,6 +16,8 @@ rule align:
         step_benchmark("align")
     conda:
         "../envs/timing.yaml"
+    container:
+        image("timing")
     script:
         "../scripts/align.py"
 
@@ -33,5 +35,7 @@ rule phonemes:
         step_benchmark("phonemes")
     conda:
         "../envs/timing.yaml"
+    container:
+        image("timing")
     script:
         "../scripts/phonemes.py"

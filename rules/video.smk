@@ -20,6 +20,13 @@ rule compose:
         step_benchmark("compose")
     conda:
         "../envs/video.yaml"
+    container:
+        image("video")
+    group:
+        VIDEO_GROUP
+    resources:
+        # All frames, the news images and the video at once: the group pod's whole disk.
+        disk_mb=VIDEO_GROUP_DISK_MB,
     script:
         "../scripts/compose.py"
 
@@ -41,5 +48,9 @@ rule preview:
         step_benchmark("preview")
     conda:
         "../envs/video.yaml"
+    container:
+        image("video")
+    group:
+        VIDEO_GROUP
     script:
         "../scripts/preview.py"

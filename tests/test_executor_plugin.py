@@ -25,6 +25,7 @@ from kubernetes.client import (
     CoreV1EventList,
     V1ContainerState,
     V1ContainerStateRunning,
+    V1ContainerStateTerminated,
     V1ContainerStateWaiting,
     V1ContainerStatus,
     V1Job,
@@ -720,6 +721,58 @@ def test_recently_submitted_jobs_skip_the_pod_lookup(monkeypatch, tmp_path):
     assert check(executor, list(executor.active_jobs)) == executor.active_jobs
     # Only upstream's own status lookup, none for the stuck check.
     assert CountingCoreApi.lookups == 1
+
+
+def test_a_failed_job_log_is_read_from_the_current_container(monkeypatch, tmp_path):
+    """Job pods never restart, so there is no previous container: a real API server answers a
+    log request with previous=true with 400, and upstream would end the whole run on it."""
+
+    class LogCoreApi(FakeCoreApi):
+        log_requests: list[dict] = []
+
+        def read_namespaced_pod_log(self, name, namespace, **kwargs):
+            LogCoreApi.log_requests.append({"name": name, **kwargs})
+            if kwargs.get("previous"):
+                raise ApiException(status=400, reason="Bad Request")
+            return "Error in rule tts: the voice is missing\n"
+
+    class FailedBatchApi(FakeBatchApi):
+        def read_namespaced_job_status(self, name, namespace):
+            return V1Job(metadata=V1ObjectMeta(name=name), status=V1JobStatus(failed=1))
+
+    failed_pod = V1Pod(
+        metadata=V1ObjectMeta(name="snakejob-failed-abcde"),
+        status=V1PodStatus(
+            phase="Failed",
+            container_statuses=[
+                V1ContainerStatus(
+                    name="snakemake",
+                    image=SPEECH_IMAGE,
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=V1ContainerState(
+                        terminated=V1ContainerStateTerminated(exit_code=1, reason="Error")
+                    ),
+                )
+            ],
+        ),
+    )
+    core = LogCoreApi({"snakejob-failed": [failed_pod]})
+    executor = make_executor(
+        plugin.Executor, monkeypatch, tmp_path, batch=FailedBatchApi(), core=core
+    )
+    job = SubmittedJobInfo(job=rule_job("tts"), external_jobid="snakejob-failed", aux={})
+
+    assert check(executor, [job]) == []
+
+    ((failed, _, details),) = executor.errors
+    assert failed.external_jobid == "snakejob-failed"
+    assert [request.get("previous") for request in LogCoreApi.log_requests] == [None]
+    (log,) = details["aux_logs"]
+    saved = tmp_path / "kubernetes-logs" / "snakejob-failed.log"
+    assert log == str(saved)
+    assert "the voice is missing" in saved.read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ and cleanup all stay. What changes:
   own image, GPUs with limits, GKE node selection, labels, non-root pods, pull secrets;
 - a pod stuck Pending (unschedulable, image not pullable) fails its job after
   --storyreel-pending-timeout seconds instead of holding the run forever;
-- job pods do not pip install the default storage plugin: the images carry it.
+- job pods do not pip install the default storage plugin: the images carry it;
+- a failed job's log is read from its pod's container as it is, not with previous=true.
 """
 
 import dataclasses
@@ -109,6 +110,7 @@ class Executor(upstream.Executor):
     # The job being submitted by run_job, while upstream's run_job runs; see batchapi.
     _job_being_submitted: JobSpec | None = None
     _batch_client = None
+    _core_client = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -146,6 +148,23 @@ class Executor(upstream.Executor):
     @batchapi.setter
     def batchapi(self, client):
         self._batch_client = client
+
+    # Upstream reads a failed job's log with previous=true, i.e. from the container's run before
+    # a restart. Job pods never restart (restartPolicy Never, backoffLimit 0): the failed
+    # container is the current one, and a real API server answers that request with 400 ("previous
+    # terminated container ... not found"), which ends the whole run instead of failing the one
+    # job. Reading self.kubeapi gives a wrapper that asks for the current container's log; as
+    # with batchapi, a property keeps that true for the client upstream assigns when it
+    # re-authenticates.
+    @property
+    def kubeapi(self):
+        if self._core_client is None:
+            return None
+        return _CurrentLogCoreApi(self._core_client)
+
+    @kubeapi.setter
+    def kubeapi(self, client):
+        self._core_client = client
 
     def run_job(self, job: JobExecutorInterface):
         job_spec = self.job_spec(job)  # before upstream's run_job: a bad group image fails early
@@ -273,6 +292,21 @@ class _CustomisingBatchApi:
 
     def create_namespaced_job(self, namespace, body, **kwargs):
         return self._client.create_namespaced_job(namespace, self._customise(body), **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+class _CurrentLogCoreApi:
+    """A CoreV1Api whose read_namespaced_pod_log reads the current container's log whatever
+    `previous` asks for; all other attributes are the wrapped client's."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def read_namespaced_pod_log(self, name, namespace, **kwargs):
+        kwargs.pop("previous", None)
+        return self._client.read_namespaced_pod_log(name, namespace, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
