@@ -2,9 +2,10 @@
 
 Each output frame is built in Python and piped as raw RGB into one ffmpeg process that encodes
 H.264 + AAC. Everything that does not change from frame to frame (text, panel shadow and border,
-intro and outro cards, the scaled news images) is prepared once; per frame there is one affine
-warp of the background (the slow pan and zoom), the presenter frame and a few small alpha
-blends. Frames are streamed, so memory does not grow with the story's length.
+intro and outro cards, the scaled news images) is prepared once; per frame there is an affine
+warp of the background (the slow pan and zoom) wherever the presenter panel and the lower third
+do not cover it, the presenter frame (decoded ahead on a background thread) and a few small
+alpha blends. Frames are streamed, so memory does not grow with the story's length.
 
 Timeline (video seconds): intro card, then the speech (delayed by the intro), then the outro
 card. The intro and outro lengths are rounded to whole frames, so presenter frame ``k`` (which
@@ -143,6 +144,7 @@ def compose(
     )
     started = time.perf_counter()
     composite_s = 0.0
+    # The speech times Scene.frame will ask the presenter for, in order.
     presenter.read_ahead(
         (index / fps - intro_end for index in range(total_frames)), layout.panel[2:]
     )
@@ -1017,6 +1019,8 @@ class Scene:
         return frame
 
     def _main(self, t: float) -> np.ndarray:
+        # Every pixel gets drawn: the background regions and the opaque pieces of the panel and
+        # the lower third tile the frame.
         frame = np.empty((self.layout.height, self.layout.width, 3), np.uint8)
         self._draw_background(frame, t)
         for layer in self.under:

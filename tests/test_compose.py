@@ -16,7 +16,15 @@ from media import AUDIO_RATE, decoded_audio, decoded_frames, probe_streams, top_
 from PIL import Image, ImageDraw
 
 from storyreel.captions import build_cues
-from storyreel.compose import ComposeError, Layout, compose, find_ffmpeg, image_segments
+from storyreel.compose import (
+    ComposeError,
+    Layout,
+    PresenterFrames,
+    compose,
+    find_ffmpeg,
+    image_segments,
+    subtract_rects,
+)
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
@@ -404,3 +412,48 @@ def test_bad_video_settings(story_files, tmp_path):
         run_compose(story_files, tmp_path, width=321)
     with pytest.raises(ValueError, match="layout"):
         run_compose(story_files, tmp_path, layout="square")
+
+
+def test_subtract_rects_tiles_the_area_around_the_holes():
+    area = (0, 0, 40, 30)
+    holes = [(5, 3, 15, 20), (10, 10, 35, 25), (30, -5, 60, 4), (50, 50, 60, 60)]
+    rects = subtract_rects(area, holes)
+    covered = np.zeros((30, 40), int)
+    for x0, y0, x1, y1 in rects:
+        assert x0 < x1 and y0 < y1
+        covered[y0:y1, x0:x1] += 1
+    expected = np.ones((30, 40), int)
+    for x0, y0, x1, y1 in holes:
+        expected[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 0
+    np.testing.assert_array_equal(covered, expected)  # each visible pixel exactly once
+    assert subtract_rects(area, []) == [area]
+
+
+def test_presenter_frames_read_ahead_match_direct_reads(story_files, tmp_path):
+    fps, size = story_files.fps, (120, 150)
+    direct = PresenterFrames(story_files.frame_dirs, story_files.duration, fps)
+    ahead = PresenterFrames(story_files.frame_dirs, story_files.duration, fps)
+    planned = [n / (2 * fps) for n in range(-4, 40)]  # a video at twice the rate, clamped at 0
+    ahead.read_ahead(planned, size, frames=3)
+    try:
+        asked = planned[:10] + planned[14:30] + [planned[3]] + planned[30:]  # skips, one back
+        for speech_time in asked:
+            np.testing.assert_array_equal(ahead.at(speech_time, size),
+                                          direct.at(speech_time, size))
+        np.testing.assert_array_equal(ahead.at(0.5, (64, 80)), direct.at(0.5, (64, 80)))
+    finally:
+        ahead.close()
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for path in sorted(p for d in story_files.frame_dirs for p in d.glob("frame-*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "frame-000004.png").write_bytes(b"not a png")
+    broken = PresenterFrames([folder], story_files.duration, fps)
+    broken.read_ahead([n / fps for n in range(10)], size)
+    try:
+        broken.at(3 / fps, size)
+        with pytest.raises(ComposeError, match="frame-000004.png cannot be read"):
+            broken.at(4 / fps, size)
+    finally:
+        broken.close()
