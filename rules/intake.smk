@@ -28,6 +28,8 @@ rule init_story:
         "../envs/intake.yaml"
     container:
         image("intake")
+    resources:
+        container_image=image("intake"),
     script:
         "../scripts/init_story.py"
 
@@ -45,5 +47,7 @@ rule transcript:
         "../envs/intake.yaml"
     container:
         image("intake")
+    resources:
+        container_image=image("intake"),
     script:
         "../scripts/transcript.py"

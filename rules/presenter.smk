@@ -17,6 +17,8 @@ rule landmarks:
         "../envs/face.yaml"
     container:
         image("face")
+    resources:
+        container_image=image("face"),
     script:
         "../scripts/landmarks.py"
 
@@ -41,6 +43,8 @@ rule animate:
         "../envs/face.yaml"
     container:
         image("face")
+    resources:
+        container_image=image("face"),
     script:
         "../scripts/animate.py"
 
@@ -69,6 +73,7 @@ rule render:
     group:
         VIDEO_GROUP
     resources:
+        container_image=image("video"),
         # The shards run side by side: together they may fill the group's disk.
         disk_mb=VIDEO_GROUP_DISK_MB // len(SHARDS),
     script:

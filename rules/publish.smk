@@ -21,5 +21,7 @@ rule publish:
         "../envs/intake.yaml"
     container:
         image("intake")
+    resources:
+        container_image=image("intake"),
     script:
         "../scripts/publish.py"

@@ -18,5 +18,7 @@ rule tts:
         "../envs/speech.yaml"
     container:
         image("speech")
+    resources:
+        container_image=image("speech"),
     script:
         "../scripts/tts.py"

@@ -18,6 +18,8 @@ rule align:
         "../envs/timing.yaml"
     container:
         image("timing")
+    resources:
+        container_image=image("timing"),
     script:
         "../scripts/align.py"
 
@@ -37,5 +39,7 @@ rule phonemes:
         "../envs/timing.yaml"
     container:
         image("timing")
+    resources:
+        container_image=image("timing"),
     script:
         "../scripts/phonemes.py"

@@ -25,6 +25,7 @@ rule compose:
     group:
         VIDEO_GROUP
     resources:
+        container_image=image("video"),
         # All frames, the news images and the video at once: the group pod's whole disk.
         disk_mb=VIDEO_GROUP_DISK_MB,
     script:
@@ -52,5 +53,7 @@ rule preview:
         image("video")
     group:
         VIDEO_GROUP
+    resources:
+        container_image=image("video"),
     script:
         "../scripts/preview.py"

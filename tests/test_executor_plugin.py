@@ -43,6 +43,7 @@ from snakemake_executor_plugin_storyreel.pod import JobSpec, customise_job, job_
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+from snakemake_interface_executor_plugins.settings import SharedFSUsage
 from throttler import Throttler
 
 KUBERNETES_VERSION = "1.33.0"
@@ -144,7 +145,19 @@ def make_settings(**values) -> plugin.ExecutorSettings:
     return plugin.ExecutorSettings(namespace="storyreel", **values)
 
 
-def make_executor(executor_class, monkeypatch, tmp_path, settings=None, batch=None, core=None):
+# Pods share files through GCS, as profiles/gke has it.
+GCS_STORAGE = SimpleNamespace(shared_fs_usage=frozenset(), default_storage_provider="gcs")
+
+
+def make_executor(
+    executor_class,
+    monkeypatch,
+    tmp_path,
+    settings=None,
+    batch=None,
+    core=None,
+    storage_settings=None,
+):
     """An executor of executor_class whose upstream part talks to fakes.
 
     Only upstream's __post_init__ is replaced (it loads a kubeconfig and creates the run's
@@ -173,6 +186,7 @@ def make_executor(executor_class, monkeypatch, tmp_path, settings=None, batch=No
         executor_settings=settings,
         remote_execution_settings=SimpleNamespace(container_image=DEFAULT_IMAGE),
         deployment_settings=SimpleNamespace(deployment_method=set()),
+        storage_settings=storage_settings or GCS_STORAGE,
         scheduler=SimpleNamespace(submit_callback=lambda job: None),
         # The job environment upstream puts in the run's Secret (again when it re-authenticates).
         spawned_job_args_factory=SimpleNamespace(envvars=dict),
@@ -791,12 +805,29 @@ def test_the_plugin_is_discovered_with_its_settings():
 
 def test_common_settings_deploy_sources_without_pip_in_pods():
     settings = plugin.common_settings
-    assert settings.implies_no_shared_fs is True
+    # The profile says pods share no file system (so a dry run plans without a bucket) ...
+    assert settings.implies_no_shared_fs is False
     assert settings.job_deploy_sources is True
     assert settings.auto_deploy_default_storage_provider is False
     assert settings.non_local_exec is True
     # Upstream's: envvars travel in the run's Secret, not on the command line.
     assert settings.pass_envvar_declarations_to_cmd is False
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        SimpleNamespace(shared_fs_usage=frozenset(), default_storage_provider=None),
+        SimpleNamespace(
+            shared_fs_usage=frozenset(SharedFSUsage.all()), default_storage_provider="gcs"
+        ),
+    ],
+    ids=["no default storage", "shared file system assumed"],
+)
+def test_a_run_without_gcs_between_the_pods_is_refused(monkeypatch, tmp_path, storage):
+    # ... and the executor refuses to run without it.
+    with pytest.raises(WorkflowError, match="STORYREEL_GCS_PREFIX"):
+        make_executor(plugin.Executor, monkeypatch, tmp_path, storage_settings=storage)
 
 
 def parse_flags(*argv) -> plugin.ExecutorSettings:

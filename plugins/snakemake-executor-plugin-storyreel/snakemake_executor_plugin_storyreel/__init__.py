@@ -26,6 +26,7 @@ from kubernetes.client import V1Job, V1Pod
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.settings import SharedFSUsage
 
 from .pending import describe_stuck_pod, stuck_reason
 from .pod import JobSpec, customise_job, job_image
@@ -100,6 +101,11 @@ common_settings = dataclasses.replace(
     # carry snakemake-storage-plugin-gcs (pinned here too, so the main process matches), and pods
     # need no package index.
     auto_deploy_default_storage_provider=False,
+    # Upstream declares that pods share no file system, and Snakemake then wants a default
+    # storage before it even plans. The profile states it instead (shared-fs-usage: none, GCS
+    # storage), so that without a bucket a dry run still shows the plan; a real run without
+    # storage is refused in Executor.__post_init__.
+    implies_no_shared_fs=False,
 )
 
 # The key in SubmittedJobInfo.aux for the time a job was submitted (time.monotonic()).
@@ -113,6 +119,16 @@ class Executor(upstream.Executor):
     _core_client = None
 
     def __post_init__(self):
+        storage = self.workflow.storage_settings
+        if SharedFSUsage.INPUT_OUTPUT in storage.shared_fs_usage or not getattr(
+            storage, "default_storage_provider", None
+        ):
+            raise WorkflowError(
+                "The storyreel executor needs a default storage: job pods share no file system. "
+                "Set STORYREEL_GCS_PREFIX=gs://BUCKET/PATH for profiles/gke, or pass "
+                "--shared-fs-usage none --default-storage-provider gcs "
+                "--default-storage-prefix gs://BUCKET/PATH."
+            )
         super().__post_init__()
         self._submission_lock = threading.Lock()
         if self.workflow.executor_settings.privileged:
