@@ -61,9 +61,9 @@ SHARDS = list(range(config["render"]["shards"]))
 
 def image(family):
     """The container image of an image family (containers/<family>.Dockerfile, one per
-    envs/<family>.yaml), as `make images` tags it. Each rule names it twice: in `container:`
+    envs/<family>.yaml), as `make images` tags it. Named twice in every step: as its container
     (for --software-deployment-method apptainer; local runs otherwise use the installed
-    packages) and as resource container_image, which the storyreel executor gives the rule's
+    packages) and as resource container_image, which the storyreel executor gives the step's
     pod and which a dry run lists (Snakemake shows a job's resources, not its container)."""
     images = config["containers"]
     return f"{images['registry']}/storyreel-{family}:{images['tag']}"
