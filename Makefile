@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 DEMO_TARGET := stories/demo/final.mp4
 
-.PHONY: demo test lint bench rulegraph install clean gke-profile gke-plan
+.PHONY: demo test lint bench rulegraph install clean gke-profile gke-plan app watch
 
 install: $(STAMP)
 
@@ -23,7 +23,16 @@ demo: $(STAMP)
 	$(SNAKEMAKE) --cores all $(DEMO_TARGET) stories/demo/preview.png
 	@echo "demo video: $(CURDIR)/$(DEMO_TARGET) (lip-sync sheet: stories/demo/preview.png)"
 
-test: $(STAMP)
+# The web app's browser test drives Debian's Chromium (no pip route ships a browser that runs
+# offline). Installed once, with sudo when not root.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -39,8 +48,18 @@ rulegraph: $(STAMP)
 	$(SNAKEMAKE) $(DEMO_TARGET) --rulegraph dot | $(BIN)/graphviz-pure -Tsvg -o docs/rulegraph.svg
 	@echo "wrote docs/rulegraph.svg"
 
+# The newsroom app on http://127.0.0.1:8000 next to the watcher in local mode (watcher.yaml):
+# editors publish, the watcher renders. Create an editor first:
+#   .venv/bin/python -m webapp adduser NAME
+app: $(STAMP)
+	$(BIN)/python -m webapp --watcher-config watcher.yaml serve --with-watcher
+
+# The watcher alone: stories dropped in inbox/ (or `storyreel-watcher submit story.json`).
+watch: $(STAMP)
+	$(BIN)/storyreel-watcher watch --config watcher.yaml
+
 clean:
-	rm -rf stories published .snakemake
+	rm -rf stories published queue inbox .snakemake
 
 # `snakemake --profile gke` looks the name up in the working directory and in
 # ~/.config/snakemake, never in profiles/: link the repository's profile there.
