@@ -1,15 +1,18 @@
 """Deployment files: the GKE manifests, the container images and `make images`.
 
 All offline: every manifest validates against the Kubernetes 1.33 schemas (kubernetes-validate,
-strict), the executor's Role grants exactly the calls the executor makes, the storage class
-binds on first use, the node pool script asks for what the manifests rely on, and every image
-is built from its envs/<family>.yaml, as a non-root user, with pinned versions (and passes
-hadolint where it is installed).
+strict), the executor's Role grants exactly the Kubernetes API calls found in the source of both
+executor plugins (upstream's and storyreel's), the node pool script gives nodes the Local SSD
+ephemeral storage the executor selects, and every image is built from its envs/<family>.yaml,
+as a non-root user, with pinned versions (and passes hadolint where it is installed).
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import importlib.util
+import inspect
 import os
 import re
 import shlex
@@ -25,6 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CONTAINERS = REPO / "containers"
 DEPLOY = REPO / "deploy" / "gke"
+PLUGIN = REPO / "plugins" / "snakemake-executor-plugin-storyreel"
 KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "storyreel"
 
@@ -39,18 +43,23 @@ EXECUTOR = "storyreel-executor"
 JOB_ACCOUNT = "storyreel-job"
 
 # Every Kubernetes API call the executor plugin makes, as (API group, resource) -> verbs: the
-# upstream Kubernetes executor's calls (a Secret per job, the Job, its status, its pods by label,
-# a failed pod's log, deleting pods, Job and Secret) plus the project plugin's per-story volume
-# claims. rbac.yaml must grant exactly these: a missing verb fails jobs at run time, an extra one
-# is a permission nobody needs.
+# upstream Kubernetes executor's calls (the run's Secret, each Job, its status, its pods by
+# label, a failed pod's log, deleting pods, Job and Secret) plus storyreel's (the events of a
+# pod stuck Pending). rbac.yaml must grant exactly these: a missing verb fails jobs at run time,
+# an extra one is a permission nobody needs. test_executor_permissions_are_the_calls_in_the_source
+# derives the same table from both plugins' source, so a new call fails until it is granted.
 EXECUTOR_PERMISSIONS = {
-    ("", "secrets"): {"create", "get", "delete"},
-    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("", "secrets"): {"create", "delete"},
+    ("batch", "jobs"): {"create", "delete"},
     ("batch", "jobs/status"): {"get"},
-    ("", "pods"): {"get", "list", "delete"},
+    ("", "pods"): {"list", "delete"},
     ("", "pods/log"): {"get"},
-    ("", "persistentvolumeclaims"): {"create", "get", "delete"},
+    ("", "events"): {"list"},
 }
+# Commands the plugins run with subprocess, and why none needs a grant: upstream runs `kubectl
+# get nodes` after re-reading the kubeconfig on a 401, as a connectivity check whose outcome it
+# ignores (rbac.yaml).
+EXECUTOR_COMMANDS = {("kubectl", "get", "nodes")}
 
 # Image families whose image also carries another family's packages.
 IMAGE_ENVS = {"video": ["face", "video"]}
@@ -77,11 +86,14 @@ FAMILIES = requirements.families()
 
 
 def manifests() -> list[tuple[str, dict]]:
+    """Every Kubernetes object in a YAML file under deploy/. Documents without apiVersion and
+    kind are other YAML, e.g. gke/cluster-spec.yaml (a GKE API Cluster, not a manifest)."""
     found = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
+    for path in sorted(DEPLOY.parent.rglob("*.y*ml")):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if document:
-                found.append((path.name, document))
+            if isinstance(document, dict) and {"apiVersion", "kind"} <= set(document):
+                base = DEPLOY if path.is_relative_to(DEPLOY) else REPO
+                found.append((path.relative_to(base).as_posix(), document))
     return found
 
 
@@ -107,7 +119,6 @@ def test_the_manifests_a_newsroom_applies_are_there():
         ("rbac.yaml", "RoleBinding"),
         ("serviceaccount.yaml", "ServiceAccount"),
         ("serviceaccount.yaml", "ServiceAccount"),
-        ("storageclass-local-ssd.yaml", "StorageClass"),
     ]
 
 
@@ -125,16 +136,16 @@ def test_manifest_validates_against_kubernetes_1_33(entry):
 def test_the_validator_rejects_a_misspelt_field():
     # Strict mode must catch a typo, or the test above proves nothing.
     validator = pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate")
-    storage_class = dict(only("StorageClass"))
-    storage_class["volumeBindingMod"] = storage_class.pop("volumeBindingMode")
+    role = copy.deepcopy(only("Role"))
+    role["rules"][0]["verb"] = role["rules"][0].pop("verbs")
     with pytest.raises(validator.ValidationError):
-        validator.validate(storage_class, KUBERNETES_VERSION, strict=True)
+        validator.validate(role, KUBERNETES_VERSION, strict=True)
 
 
 def test_namespaced_objects_live_in_the_storyreel_namespace():
     assert only("Namespace")["metadata"]["name"] == NAMESPACE
     for _, document in MANIFESTS:
-        if document["kind"] in {"Namespace", "StorageClass"}:
+        if document["kind"] == "Namespace":
             assert "namespace" not in document["metadata"]
         else:
             assert document["metadata"].get("namespace") == NAMESPACE, manifest_id(("", document))
@@ -162,8 +173,118 @@ def test_the_role_grants_exactly_what_the_executor_calls():
     assert granted(role) == EXECUTOR_PERMISSIONS
 
 
+def plugin_sources() -> list[Path]:
+    """The Python files of the upstream Kubernetes executor (installed) and of storyreel's."""
+    upstream = importlib.util.find_spec("snakemake_executor_plugin_kubernetes")
+    assert upstream is not None and upstream.origin, "snakemake-executor-plugin-kubernetes"
+    ours = PLUGIN / "snakemake_executor_plugin_storyreel"
+    return sorted(Path(upstream.origin).parent.glob("*.py")) + sorted(ours.glob("*.py"))
+
+
+def api_classes(trees: list[ast.Module]) -> dict[str, type]:
+    """The kubernetes.client API classes the sources instantiate (kubernetes.client.XApi())."""
+    import kubernetes.client
+
+    names = {
+        node.func.attr
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr.endswith("Api")
+        and ast.unparse(node.func.value) == "kubernetes.client"
+    }
+    return {name: getattr(kubernetes.client, name) for name in sorted(names)}
+
+
+# The path and HTTP method a generated client method sends.
+CALL_API = re.compile(r"call_api\(\s*'(?P<path>[^']+)',\s*'(?P<method>[A-Z]+)'")
+PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/\{namespace\}/"
+    r"(?P<resource>[a-z]+)(?P<name>/\{name\})?(?:/(?P<subresource>[a-z]+))?$"
+)
+
+
+def permission(api: type, method: str) -> tuple[tuple[str, str], str]:
+    """(API group, resource) and RBAC verb of one client method, read from the request it
+    sends: e.g. CoreV1Api.read_namespaced_pod_log -> GET /api/v1/namespaces/{ns}/pods/{name}/log
+    -> (("", "pods/log"), "get")."""
+    source = inspect.getsource(getattr(api, f"{method}_with_http_info"))
+    request = CALL_API.search(source)
+    assert request, f"{api.__name__}.{method}: no call_api in the generated client"
+    path = PATH.match(request["path"])
+    # A cluster-scoped call would need a ClusterRole, which deploy/ does not hold.
+    assert path, f"{api.__name__}.{method} is not namespaced: {request['path']}"
+    resource = path["resource"] + (f"/{path['subresource']}" if path["subresource"] else "")
+    verb = {
+        "GET": "get" if path["name"] else "list",
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if path["name"] else "deletecollection",
+    }[request["method"]]
+    return (path["group"] or "", resource), verb
+
+
+def calls_in_source() -> tuple[dict[tuple[str, str], set[str]], set[tuple[str, ...]]]:
+    """The permissions behind every Kubernetes API client call in both plugins' source, and the
+    commands they run as argument lists (subprocess.run(["kubectl", ...]))."""
+    trees = [ast.parse(path.read_text(encoding="utf-8")) for path in plugin_sources()]
+    apis = api_classes(trees)
+    assert set(apis) == {"CoreV1Api", "BatchV1Api"}, sorted(apis)
+    methods: dict[str, list[type]] = {}
+    for api in apis.values():
+        for name in dir(api):
+            if not name.startswith("_") and not name.endswith("_with_http_info"):
+                methods.setdefault(name, []).append(api)
+    needed: dict[tuple[str, str], set[str]] = {}
+    commands: set[tuple[str, ...]] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            if isinstance(node.func, ast.Attribute) and node.func.attr in methods:
+                (api,) = methods[node.func.attr]  # a name on two classes would be ambiguous
+                key, verb = permission(api, node.func.attr)
+                needed.setdefault(key, set()).add(verb)
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.List) and all(
+                isinstance(word, ast.Constant) and isinstance(word.value, str)
+                for word in first.elts
+            ):
+                words = tuple(word.value for word in first.elts)
+                if words and words[0] == "kubectl":
+                    commands.add(words)
+    return needed, commands
+
+
+def test_executor_permissions_are_the_calls_in_the_source():
+    needed, commands = calls_in_source()
+    assert needed == EXECUTOR_PERMISSIONS
+    assert commands == EXECUTOR_COMMANDS
+
+
+def test_the_permission_reader_knows_the_client():
+    # Spot checks of the path parsing, on calls the plugins do not all make.
+    import kubernetes.client as client
+
+    assert permission(client.CoreV1Api, "read_namespaced_pod_log") == (("", "pods/log"), "get")
+    assert permission(client.BatchV1Api, "read_namespaced_job_status") == (
+        ("batch", "jobs/status"),
+        "get",
+    )
+    assert permission(client.CoreV1Api, "list_namespaced_event") == (("", "events"), "list")
+    assert permission(client.BatchV1Api, "delete_collection_namespaced_job") == (
+        ("batch", "jobs"),
+        "deletecollection",
+    )
+    assert permission(client.CoreV1Api, "patch_namespaced_secret") == (("", "secrets"), "patch")
+    with pytest.raises(AssertionError, match="not namespaced"):
+        permission(client.CoreV1Api, "list_node")
+
+
 def test_no_cluster_wide_permissions():
-    # Nodes are never read: the local volume's node affinity pins a story's pods (rbac.yaml).
+    # Nodes are never read and no volume is provisioned: a namespaced Role is all (rbac.yaml).
     kinds = {document["kind"] for _, document in MANIFESTS}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
 
@@ -186,14 +307,6 @@ def test_the_role_is_bound_to_the_executor_account_only():
     assert set(accounts) == {EXECUTOR, JOB_ACCOUNT}
     # No pod runs as the executor, so its token is never mounted.
     assert accounts[EXECUTOR]["automountServiceAccountToken"] is False
-
-
-def test_the_storage_class_binds_local_volumes_on_first_use():
-    storage_class = only("StorageClass")
-    assert storage_class["provisioner"] == "kubernetes.io/no-provisioner"
-    assert storage_class["volumeBindingMode"] == "WaitForFirstConsumer"
-    # A finished story's claim is deleted; the static provisioner then wipes and reoffers it.
-    assert storage_class["reclaimPolicy"] == "Delete"
 
 
 # --- node pools -----------------------------------------------------------------------------
@@ -221,6 +334,11 @@ def gcloud_commands(**env: str) -> dict[str, list[str]]:
     return {command[4]: command[5:] for command in commands}
 
 
+def ssd_flags(flags: list[str]) -> list[str]:
+    """The Local SSD flags of a node pool (ephemeral storage, raw block, or the old count)."""
+    return [flag for flag in flags if flag.startswith(("--ephemeral-storage", "--local-"))]
+
+
 @pytest.mark.skipif(BASH is None, reason="needs bash")
 def test_nodepools_script_parses_and_wants_its_settings():
     assert subprocess.run([BASH, "-n", str(NODEPOOLS)]).returncode == 0
@@ -238,7 +356,10 @@ def test_node_pools_scale_from_zero_on_local_ssd():
             flags
         )
         assert {"--num-nodes=0", "--total-min-nodes=0"} <= set(flags)
-        assert "--local-nvme-ssd-block=count=1" in flags  # what the storage class builds on
+        # emptyDir and the writable layer on Local SSD: where the video group's frames live.
+        assert "--ephemeral-storage-local-ssd=count=1" in flags
+        # No raw block SSDs (nothing turns them into volumes) and no other SSD flag.
+        assert ssd_flags(flags) == ["--ephemeral-storage-local-ssd=count=1"]
         assert "--workload-metadata=GKE_METADATA" in flags  # jobs reach GCS as storyreel-job
     cpu, gpu = pools["storyreel-cpu"], pools["storyreel-gpu"]
     assert "--node-labels=storyreel/pool=cpu" in cpu
@@ -252,8 +373,35 @@ def test_node_pools_scale_from_zero_on_local_ssd():
 @pytest.mark.skipif(BASH is None, reason="needs bash")
 def test_node_pools_accept_machine_types_with_built_in_ssds():
     pools = gcloud_commands(CPU_MACHINE="c3-standard-8-lssd", CPU_SSD_COUNT="")
-    assert "--local-nvme-ssd-block" in pools["storyreel-cpu"]
-    assert "--machine-type=c3-standard-8-lssd" in pools["storyreel-cpu"]
+    cpu = pools["storyreel-cpu"]
+    assert "--machine-type=c3-standard-8-lssd" in cpu
+    # The bare flag: third-generation -lssd types take the SSD count of the machine type.
+    assert ssd_flags(cpu) == ["--ephemeral-storage-local-ssd"]
+    assert "--ephemeral-storage-local-ssd=count=1" in pools["storyreel-gpu"]
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_nodes_carry_the_label_the_executor_selects():
+    # GKE labels the nodes of a pool created with --ephemeral-storage-local-ssd
+    # cloud.google.com/gke-ephemeral-storage-local-ssd=true; the executor puts the video group
+    # there with that node selector. The script names the label it relies on.
+    spec = importlib.util.spec_from_file_location(
+        "storyreel_pod", PLUGIN / "snakemake_executor_plugin_storyreel" / "pod.py"
+    )
+    pod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pod)
+    assert pod.LOCAL_SSD_SELECTOR == "cloud.google.com/gke-ephemeral-storage-local-ssd"
+    assert pod.LOCAL_SSD_SELECTOR in NODEPOOLS.read_text(encoding="utf-8")
+    assert all("--ephemeral-storage-local-ssd" in " ".join(f) for f in gcloud_commands().values())
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_nodepools_script_lists_the_manifests_to_apply():
+    result = run_nodepools(DRY_RUN="1", PROJECT="newsroom", LOCATION="us-central1")
+    named = re.findall(r"deploy/gke/[\w.-]+", result.stdout)
+    assert named == ["deploy/gke/namespace.yaml", "deploy/gke/serviceaccount.yaml",
+                     "deploy/gke/rbac.yaml"]  # fmt: skip
+    assert {name for name, _ in MANIFESTS} == {Path(path).name for path in named}
 
 
 @pytest.mark.skipif(venv_tool("shellcheck") is None, reason="shellcheck not installed")

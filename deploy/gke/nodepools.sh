@@ -2,15 +2,19 @@
 # Creates storyreel's two node pools in an existing GKE Standard cluster (1.33 or later):
 #
 #   storyreel-cpu  CPU jobs; autoscaled from 0
-#   storyreel-gpu  GPU jobs (and every job of a story that uses one); autoscaled from 0;
-#                  tainted nvidia.com/gpu=present:NoSchedule so that only pods that ask for a
-#                  GPU land there
+#   storyreel-gpu  GPU jobs; autoscaled from 0; tainted nvidia.com/gpu=present:NoSchedule so
+#                  that only pods that ask for a GPU land there
 #
-# Every node gets Local SSDs as raw block devices (--local-nvme-ssd-block): that is what the
-# storage class in storageclass-local-ssd.yaml is built on (the file says why, and which two
-# manifests from GKE's guide turn the SSDs into volumes). A story's volume lives on one node, so
-# a story that uses any GPU rule has to run all of its jobs on the GPU pool; that pool therefore
-# gets a machine with CPUs to spare, not the smallest one that holds the GPU.
+# Both pools put their nodes' ephemeral storage (emptyDir volumes, container writable layers,
+# logs) on Local SSD (--ephemeral-storage-local-ssd); GKE then labels the nodes
+# cloud.google.com/gke-ephemeral-storage-local-ssd=true. That is all storyreel needs from a
+# node: every job's inputs and outputs travel through Cloud Storage, except the PNG frames,
+# which render, compose and preview of a story share in ONE pod (the Snakemake group `video`,
+# frames declared temp(..., group_jobs=True)), on that pod's emptyDir. The executor gives that
+# pod the node selector above and an ephemeral-storage request from its disk_mb, so the frames
+# land on Local SSD, and the scheduler and autoscaler see how much room they need. Every other
+# job can run on any node of either pool, and a story's jobs need not share a node. No volume
+# is provisioned, bound or cleaned up: the frames go when the pod goes.
 #
 # Usage (the cluster must exist, with Workload Identity, e.g.
 #   gcloud container clusters create storyreel --location=LOCATION \
@@ -20,13 +24,12 @@
 #   DRY_RUN=1 PROJECT=p LOCATION=l deploy/gke/nodepools.sh   # print the commands only
 #
 # Every setting below can be overridden from the environment. Machine types of the first and
-# second generation (n1, n2, ...) take an SSD count; third-generation ones infer it (the -lssd
-# types such as c3-standard-8-lssd): set CPU_SSD_COUNT= or GPU_SSD_COUNT= to empty for those.
+# second generation (n1, n2, ...) take an SSD count (375 GB each); third-generation ones come
+# with their SSDs built in (the -lssd types such as c3-standard-8-lssd) and take the bare flag:
+# set CPU_SSD_COUNT= or GPU_SSD_COUNT= to empty for those.
 #
-# The cluster autoscaler scales a pool down to zero when it is idle, but cannot bring up a
-# first node for a pod whose only obstacle is an unbound local volume (the template node it
-# plans with has no volumes yet). The watcher therefore sizes the pools from its backlog itself;
-# autoscaling is the floor and ceiling around that.
+# GKE's cluster autoscaler brings a pool up from zero for a pending pod that fits its nodes
+# (Local SSD ephemeral storage and its label included) and takes idle nodes away again.
 set -euo pipefail
 
 : "${PROJECT:?set PROJECT to the Google Cloud project id}"
@@ -35,7 +38,7 @@ CLUSTER=${CLUSTER:-storyreel}
 
 CPU_POOL=${CPU_POOL:-storyreel-cpu}
 CPU_MACHINE=${CPU_MACHINE:-n2-standard-8}
-CPU_SSD_COUNT=${CPU_SSD_COUNT-1}        # 375 GB per SSD
+CPU_SSD_COUNT=${CPU_SSD_COUNT-1}        # 375 GB per SSD; empty for -lssd machine types
 CPU_MAX_NODES=${CPU_MAX_NODES:-4}       # across all zones
 
 GPU_POOL=${GPU_POOL:-storyreel-gpu}
@@ -65,12 +68,12 @@ run() {
   fi
 }
 
-# --local-nvme-ssd-block with a count, or bare for machine types whose SSDs are built in.
+# --ephemeral-storage-local-ssd with a count, or bare for machine types whose SSDs are built in.
 ssd_flag() {
   if [ -n "$1" ]; then
-    printf -- '--local-nvme-ssd-block=count=%s' "$1"
+    printf -- '--ephemeral-storage-local-ssd=count=%s' "$1"
   else
-    printf -- '--local-nvme-ssd-block'
+    printf -- '--ephemeral-storage-local-ssd'
   fi
 }
 
@@ -84,6 +87,7 @@ common=(
   --total-min-nodes=0
   # Job pods reach Cloud Storage as the storyreel-job service account (Workload Identity).
   --workload-metadata=GKE_METADATA
+  # The boot disk holds the OS and the pulled images; ephemeral storage is on the SSDs.
   --disk-type=pd-balanced
 )
 if [ -n "$NODE_SERVICE_ACCOUNT" ]; then
@@ -118,9 +122,6 @@ run gcloud container node-pools create "$GPU_POOL" "${common[@]}" \
 
 cat <<EOF
 Then, once, with kubectl pointed at the cluster:
-  1. the RAID DaemonSet and the local volume static provisioner from GKE's guide
-     "Provision and use Local SSD-backed raw block storage";
-  2. kubectl apply -f deploy/gke/namespace.yaml
-     kubectl apply -f deploy/gke/serviceaccount.yaml -f deploy/gke/rbac.yaml \\
-       -f deploy/gke/storageclass-local-ssd.yaml
+  kubectl apply -f deploy/gke/namespace.yaml
+  kubectl apply -f deploy/gke/serviceaccount.yaml -f deploy/gke/rbac.yaml
 EOF
