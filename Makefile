@@ -49,8 +49,8 @@ rulegraph: $(STAMP)
 	@echo "wrote docs/rulegraph.svg"
 
 # The newsroom app on http://127.0.0.1:8000 next to the watcher in local mode (watcher.yaml):
-# editors publish, the watcher renders. Create an editor first:
-#   .venv/bin/python -m webapp adduser NAME
+# editors publish, the watcher renders. On the first run the browser is asked for the first
+# editor's account (http://127.0.0.1:8000/setup); more: .venv/bin/python -m webapp adduser NAME
 app: $(STAMP)
 	$(BIN)/python -m webapp --watcher-config watcher.yaml serve --with-watcher
 

@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="validate a story file and queue it")
     submit.add_argument("story", type=Path, metavar="STORY_JSON")
+    submit.add_argument(
+        "--again",
+        action="store_true",
+        help="render the story again from its first step, even if it is published unchanged",
+    )
     submit.add_argument("--config", type=Path, metavar="WATCHER_YAML", help=config_help)
     submit.set_defaults(command_function=_submit)
 
@@ -81,7 +86,7 @@ def _watch(config, args) -> int:
 
 
 def _submit(config, args) -> int:
-    from cluster_manager.submit import submit_story
+    from cluster_manager.submit import AlreadyRendering, submit_story
     from storyreel.storage import StorageError
     from storyreel.story import StoryError
 
@@ -92,11 +97,14 @@ def _submit(config, args) -> int:
         print(f"error: cannot read story file {path}: {err.strerror}", file=sys.stderr)
         return 1
     try:
-        story_id = submit_story(config, data, base_dir=path.resolve().parent, label=str(path))
-    except (StoryError, StorageError) as err:
+        story_id = submit_story(
+            config, data, base_dir=path.resolve().parent, label=str(path), force=args.again
+        )
+    except (StoryError, StorageError, AlreadyRendering) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"queued story '{story_id}' ({config.source.kind})")
+    again = " to render again" if args.again else ""
+    print(f"queued story '{story_id}'{again} ({config.source.kind})")
     return 0
 
 

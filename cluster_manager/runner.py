@@ -3,7 +3,9 @@
 The target is the story's ``published.json`` (the ``publish`` rule's output), so a zero exit
 means the video is published. ``--rerun-incomplete`` lets a story interrupted by a crash or a
 shutdown resume from its finished steps. The story itself travels as a file (``story_source``),
-never on a command line.
+never on a command line. A story asked to be rendered again runs with ``--forcerun
+init_story``: every other step depends on that one, so the whole story renders again, and the
+target names this one story, so no other story's step runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _STEP_LINE = re.compile(r"^(?:local)?rule (\w+):\s*$")
 _FAILED_STEP_LINE = re.compile(r"^Error in rule (\w+):")
 # What a step prints when it refuses a story ("error: story 'x' ..."), or Snakemake's own error.
 _ERROR_LINE = re.compile(r"^(?:error: (.+)|(\w+(?:Error|Exception)\b.*))$")
+# The first step of every story: forcing it reruns everything downstream, i.e. the whole story.
+FIRST_STEP = "init_story"
 
 
 @dataclass
@@ -46,6 +50,7 @@ class RunResult:
     reason: str | None  # why it did not publish
     step: str | None  # the last step that started
     log_path: Path
+    started: tuple[str, ...] = ()  # every step that started, in order
 
 
 class LogFollower:
@@ -56,6 +61,7 @@ class LogFollower:
         self.offset = offset
         self._partial = b""
         self.step: str | None = None
+        self.started: list[str] = []
         self.failed_step: str | None = None
         self.error: str | None = None
 
@@ -75,6 +81,7 @@ class LogFollower:
     def parse(self, line: str) -> None:
         if match := _STEP_LINE.match(line):
             self.step = match[1]
+            self.started.append(match[1])
         elif match := _FAILED_STEP_LINE.match(line):
             self.failed_step = self.failed_step or match[1]
         elif (match := _ERROR_LINE.match(line)) and self.error is None:
@@ -136,7 +143,8 @@ class Runner:
     def target(self, story_id: str) -> str:
         return f"{self.config.stories_dir}/{story_id}/published.json"
 
-    def options(self) -> list[str]:
+    def options(self, force: bool = False) -> list[str]:
+        """Snakemake's options; ``force``: render the story again from its first step."""
         config = self.config
         options = []
         if config.snakefile is not None:
@@ -144,6 +152,9 @@ class Runner:
         options += ["--directory", str(config.workdir)]
         options += ["--profile", config.profile] if config.profile else ["--cores", "all"]
         options += ["--rerun-incomplete", *config.snakemake_args]
+        if force:
+            # --forcerun takes every rule name up to the next option: --config follows.
+            options += ["--forcerun", FIRST_STEP]
         # Last: --config takes every KEY=VALUE word after it. One word per key.
         options += [
             "--config",
@@ -152,8 +163,8 @@ class Runner:
         ]
         return options
 
-    def command(self, story_id: str) -> list[str]:
-        return [str(self.config.snakemake), self.target(story_id), *self.options()]
+    def command(self, story_id: str, force: bool = False) -> list[str]:
+        return [str(self.config.snakemake), self.target(story_id), *self.options(force)]
 
     def stop_leftover_runs(self) -> None:
         """Stop runs in this workdir that an earlier watcher started and did not see end.
@@ -218,13 +229,15 @@ class Runner:
         story_id: str,
         abort: threading.Event,
         on_step: Callable[[str], None] = lambda step: None,
+        force: bool = False,
     ) -> RunResult:
-        """Run Snakemake for the story until it exits, ``abort`` is set, or it times out."""
+        """Run Snakemake for the story until it exits, ``abort`` is set, or it times out;
+        ``force``: render every step again, even those that are up to date."""
         config = self.config
         story_dir = self.story_dir(story_id)
         log_path = story_dir / "logs" / LOG_NAME
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = self.command(story_id)
+        command = self.command(story_id, force)
         with log_path.open("ab") as stream:
             stream.write(f"\n==== watcher: {' '.join(command)}\n".encode())
             stream.flush()
@@ -289,7 +302,14 @@ class Runner:
             reason += f" (log: {log_path})"
         log.info("snakemake exited with status %s", returncode)
         return RunResult(
-            story_id, returncode, published, interrupted, reason, follower.step, log_path
+            story_id,
+            returncode,
+            published,
+            interrupted,
+            reason,
+            follower.step,
+            log_path,
+            tuple(follower.started),
         )
 
     def stop(self, process: subprocess.Popen) -> None:

@@ -3,7 +3,8 @@
 The newsroom app and operators read it; the watcher writes it as the story moves through
 ``queued`` -> ``running`` (with the step) -> ``published`` (with the video's URI) or ``failed``
 (with the reason). ``digest`` is the SHA-256 of the submitted bytes: a submission whose digest
-equals a published record's digest is already done.
+equals a published record's digest is already done, unless the record asks for the story to be
+rendered again (``render_again``, set by ``submit --again``).
 
 Locally the record is written to a temporary file and renamed, in GCS uploaded as one object,
 so a reader never sees half a record.
@@ -52,6 +53,7 @@ def new_record(story_id: str, state: str, data_digest: str, **fields: Any) -> di
         "digest": data_digest,
         "updated": None,
         "steps": {},
+        "render_again": False,  # a new render of these very bytes was asked for
     }
     record.update(fields)
     return record

@@ -1,7 +1,9 @@
 """Submitting a story: validate it, record it as queued, hand it to the watcher's source.
 
 In local mode the story lands in the inbox as ``inbox/<id>.json`` in one rename, so the watcher
-never reads half a file; with Pub/Sub it is published to the topic.
+never reads half a file; with Pub/Sub it is published to the topic. A story published already is
+rendered again only when asked (``force``): the request travels in its status record, so both
+sources carry it without a change to the message.
 """
 
 from __future__ import annotations
@@ -18,14 +20,24 @@ from storyreel.storage import is_gcs_uri
 from storyreel.story import parse_story
 
 
+class AlreadyRendering(ValueError):
+    """A render of the same story version was asked for while one is running."""
+
+
 def submit_story(
-    config: WatcherConfig, data: bytes, base_dir: Path | None = None, label: str = "story"
+    config: WatcherConfig,
+    data: bytes,
+    base_dir: Path | None = None,
+    label: str = "story",
+    force: bool = False,
 ) -> str:
     """Validate ``data`` and queue it; return the story id. Raises StoryError if invalid.
 
     ``base_dir`` is the folder of the submitted file: relative image paths are made absolute
     against it (when stories are read from local files), since the story moves elsewhere.
-    ``label`` names the story in errors (e.g. its file name).
+    ``label`` names the story in errors (e.g. its file name). ``force``: render the story again
+    from its first step even if these very bytes are published already (the status record asks
+    the watcher for it with ``render_again``); raises AlreadyRendering while they are rendering.
     """
     story = parse_story(data, source=label)
     story_id = story["id"]
@@ -34,9 +46,18 @@ def submit_story(
     data_digest = digest(data)
     previous = read_status(config, story_id)
     same = previous is not None and previous.get("digest") == data_digest
-    # A running or published record of these very bytes stays: the watcher settles the
-    # duplicate. Anything else (new version, or a retry after giving up) starts afresh.
-    if not (same and previous.get("state") in ("running", "published")):
+    if force:
+        if same and previous.get("state") == "running":
+            # The run's own records would overwrite the request: it would be lost silently.
+            step = f" (step {previous['step']})" if previous.get("step") else ""
+            raise AlreadyRendering(
+                f"story '{story_id}' is being rendered now{step}: ask for it to be rendered "
+                "again once that run has ended"
+            )
+        write_status(config, new_record(story_id, "queued", data_digest, render_again=True))
+    elif not (same and previous.get("state") in ("running", "published")):
+        # A running or published record of these very bytes stays: the watcher settles the
+        # duplicate. Anything else (new version, or a retry after giving up) starts afresh.
         write_status(config, new_record(story_id, "queued", data_digest))
     if isinstance(config.source, InboxSourceSettings):
         _drop_into_inbox(config.local_path(config.source.inbox), f"{story_id}.json", data)

@@ -8,7 +8,8 @@ For each delivery:
 3. a story whose status record is ``published`` with the same digest is acked at once;
 4. otherwise the story is written to ``story_source`` and Snakemake renders and publishes it:
    ack on success; on failure nack (delivered again later), or dead-letter once it has failed
-   ``max_attempts`` times.
+   ``max_attempts`` times. A record that asks for the story to be rendered again
+   (``render_again``, from ``submit --again``) makes the run start over from the first step.
 
 Stopping (SIGTERM): no new deliveries are taken, running stories get ``drain_timeout_s`` to
 finish, then their Snakemake runs are stopped and their deliveries nacked; a later start resumes
@@ -29,7 +30,7 @@ from typing import Any
 from cluster_manager.config import InboxSourceSettings, WatcherConfig
 from cluster_manager.logs import story_context
 from cluster_manager.metrics import MetricsServer, WatcherMetrics
-from cluster_manager.runner import Runner, published_uri
+from cluster_manager.runner import FIRST_STEP, Runner, published_uri
 from cluster_manager.scaler import Scaler, make_scaler
 from cluster_manager.sources import Delivery, StorySource
 from cluster_manager.status import digest, new_record, read_status, write_status
@@ -240,12 +241,14 @@ class Watcher:
             log.info("already rendering here: %s waits for that run", delivery.label)
             current.done.wait()
             if current.digest == data_digest:
-                if current.published:
+                if not current.published:
+                    delivery.nack()
+                    return
+                if not self._render_again_asked(story_id, data_digest):
                     log.info("%s: published by the run it waited for", delivery.label)
                     delivery.ack()
-                else:
-                    delivery.nack()
-                return
+                    return
+                # Asked to render again after that run had read the record: this one's turn.
             # Another version of the story rendered meanwhile: now it is this one's turn.
         try:
             self._render(delivery, story_id, data_digest, mine)
@@ -260,7 +263,8 @@ class Watcher:
         config = self.config
         record = read_status(config, story_id)
         same = record is not None and record.get("digest") == data_digest
-        if same and record.get("state") == "published":
+        force = same and bool(record.get("render_again"))
+        if same and record.get("state") == "published" and not force:
             log.info("%s: already published as %s", delivery.label, record.get("uri"))
             mine.published = True
             delivery.ack()
@@ -275,9 +279,15 @@ class Watcher:
             self._give_up(delivery, story_id, data_digest, earlier, f"{attempt - 1} attempts{last}")
             return
         self._write_story(story_id, delivery)
-        running = new_record(story_id, "running", data_digest, attempts=attempt)
+        running = new_record(story_id, "running", data_digest, attempts=attempt, render_again=force)
         self._record(running)
-        log.info("rendering %s (attempt %d of %d)", delivery.label, attempt, config.max_attempts)
+        log.info(
+            "rendering %s%s (attempt %d of %d)",
+            delivery.label,
+            " again from its first step, as asked" if force else "",
+            attempt,
+            config.max_attempts,
+        )
 
         def on_step(step: str) -> None:
             log.info("step %s", step)
@@ -286,9 +296,13 @@ class Watcher:
 
         with self._lock:
             mine.started = True
-        result = self.runner.run(story_id, self.abort, on_step)
+        result = self.runner.run(story_id, self.abort, on_step, force=force)
         with self._lock:
             mine.started = False
+        # Once the first step has run again, every later step is older than its inputs (or
+        # marked incomplete), so a retry finishes the new render without being forced, and
+        # resumes from its finished steps. Before that, the request stands.
+        force_still = force and FIRST_STEP not in result.started
         if result.published:
             steps = self.metrics.observe_steps(self.runner.story_files(story_id))
             uri = published_uri(self.runner.published_record(story_id) or {})
@@ -311,6 +325,7 @@ class Watcher:
                     step=result.step,
                     attempts=attempt - 1,
                     reason="interrupted by the watcher's shutdown; resumes from its last step",
+                    render_again=force_still,
                 )
             )
             delivery.nack()
@@ -333,6 +348,7 @@ class Watcher:
                     step=result.step,
                     attempts=attempt,
                     reason=f"attempt {attempt} of {config.max_attempts} failed: {result.reason}",
+                    render_again=force_still,
                 )
             )
             delivery.nack()
@@ -345,6 +361,16 @@ class Watcher:
         self.metrics.failed.labels("gave_up").inc()
         self._record(new_record(story_id, "failed", data_digest, attempts=attempts, reason=reason))
         delivery.dead_letter(reason)
+
+    def _render_again_asked(self, story_id: str, data_digest: str) -> bool:
+        """Whether the story's record asks for these bytes to be rendered again."""
+        record = read_status(self.config, story_id)
+        return (
+            record is not None
+            and record.get("digest") == data_digest
+            and record.get("state") == "queued"
+            and bool(record.get("render_again"))
+        )
 
     def _record(self, record: dict[str, Any]) -> None:
         """Write a status record; a failure to write one is logged, never fatal to the story."""

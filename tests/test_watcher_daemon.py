@@ -1,8 +1,8 @@
 """The real daemon (`python -m cluster_manager watch`) in local inbox mode, with real renders.
 
-Two tests, about three renders in all: stories submitted side by side (plus malformed ones,
-a duplicate and a resubmission), and a story interrupted twice (the watcher killed, then
-stopped) that resumes from its finished steps.
+Two tests, about four renders in all: stories submitted side by side (plus malformed ones,
+a duplicate, a resubmission, and one story rendered again on request), and a story interrupted
+twice (the watcher killed, then stopped) that resumes from its finished steps.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from watcher_support import (
     write_settings,
 )
 
+from cluster_manager.config import load_config
+from cluster_manager.runner import Runner, parse_steps
+
 
 @pytest.fixture
 def workdir(tmp_path):
@@ -38,13 +41,14 @@ def workdir(tmp_path):
     assert not left, f"processes left over: {[p.cmdline() for p in left]}"
 
 
-def submit(path, config_path) -> None:
+def submit(path, config_path, *options: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "cluster_manager",
             "submit",
+            *options,
             str(path),
             "--config",
             str(config_path),
@@ -54,6 +58,24 @@ def submit(path, config_path) -> None:
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
+
+
+def planned_jobs(config_path, story_id: str, force: bool) -> list[tuple[str, str]]:
+    """(step, story) of each job the watcher's Snakemake command would run now (a dry run)."""
+    config = load_config(config_path)
+    command = Runner(config).command(story_id, force=force)
+    command.insert(2, "--dry-run")  # after the target; --config stays last
+    plan = subprocess.run(command, cwd=config.workdir, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    stories = re.findall(r"^\s+wildcards: story=([\w-]+)", plan.stdout, re.MULTILINE)
+    # The jobs of a group (render, compose, preview) are listed indented under it.
+    steps = re.findall(r"^\s*(?:local)?rule (\w+):\s*$", plan.stdout, re.MULTILINE)
+    assert len(steps) == len(stories), plan.stdout
+    return sorted(zip(steps, stories, strict=True))
+
+
+def mtimes(folder) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
 
 
 def metric(text: str, name: str) -> float:
@@ -68,6 +90,9 @@ def test_stories_render_side_by_side_and_bad_ones_are_refused(tmp_path, workdir)
         watcher_settings(workdir, max_parallel_stories=4, max_attempts=2),
     )
     newsroom = tmp_path / "newsroom"
+    bravo_log = workdir / "stories" / "bravo" / "logs" / "watcher-snakemake.log"
+    bravo_benchmarks = workdir / "stories" / "bravo" / "benchmarks"
+    alpha_benchmarks = workdir / "stories" / "alpha" / "benchmarks"
     alpha = story_file(newsroom, "alpha")
     bravo = story_file(newsroom, "bravo", text="Rain is expected on Friday.")
     torn = story_file(newsroom / "torn", "torn")
@@ -121,22 +146,56 @@ def test_stories_render_side_by_side_and_bad_ones_are_refused(tmp_path, workdir)
             lambda: metric(watcher.metrics(), "storyreel_stories_running") == 0,
             "no story running",
         )
+        assert watcher.status("bravo")["updated"] == bravo_done["updated"]
+
+        # bravo rendered again on request. Snakemake alone would run nothing; forced, it runs
+        # every step of bravo (all that its first run ran) and nothing of another story.
+        first_run = parse_steps(bravo_log.read_text(encoding="utf-8"))
+        assert planned_jobs(config_path, "bravo", force=False) == []
+        assert planned_jobs(config_path, "bravo", force=True) == sorted(
+            (step, "bravo") for step in first_run
+        )
+        bravo_files, alpha_files = mtimes(bravo_benchmarks), mtimes(alpha_benchmarks)
+        bravo_video = (workdir / "published" / "bravo" / "final.mp4").stat().st_mtime_ns
+        submit(bravo, config_path, "--again")
+        # The watcher takes an inbox file only once it is SETTLE_S old: still queued here.
+        asked = watcher.status("bravo")
+        assert (asked["state"], asked["render_again"]) == ("queued", True)
+        rendering = watcher.wait_for_state("bravo", "running")
+        assert rendering["render_again"] is True
+        bravo_again = watcher.wait_for_state("bravo", "published", timeout_s=600)
+        watcher.wait_for(
+            lambda: metric(watcher.metrics(), "storyreel_stories_running") == 0,
+            "no story running",
+        )
         metrics = watcher.metrics()
         assert watcher.stop() == 0
     finally:
         watcher.close()
 
-    for story_id, record in (("alpha", alpha_done), ("bravo", bravo_done)):
+    for story_id, record in (("alpha", alpha_done), ("bravo", bravo_done), ("bravo", bravo_again)):
         video = workdir / "published" / story_id / "final.mp4"
         assert video.stat().st_size > 10_000
         assert record["uri"] == video.resolve().as_uri()
         assert record["attempts"] == 1 and record["reason"] is None
+        assert record["render_again"] is False
         assert {"init_story", "tts", "compose", "publish"} <= set(record["steps"])
         assert all(seconds >= 0 for seconds in record["steps"].values())
-        log = workdir / "stories" / story_id / "logs" / "watcher-snakemake.log"
-        assert watcher_runs(log) == 1  # the duplicate and the resubmission ran nothing
         assert (workdir / "inbox" / "done" / f"{story_id}.json").exists()
-    assert watcher.status("bravo")["updated"] == bravo_done["updated"]
+    # The duplicate and the unchanged resubmission ran nothing; the request to render again ran
+    # bravo once more, from its first step, and touched nothing of alpha.
+    assert watcher_runs(workdir / "stories" / "alpha" / "logs" / "watcher-snakemake.log") == 1
+    assert watcher_runs(bravo_log) == 2
+    assert bravo_again["updated"] > bravo_done["updated"]
+    assert bravo_again["digest"] == bravo_done["digest"]
+    second_run = bravo_log.read_text(encoding="utf-8").split("==== watcher: ")[2]
+    assert " --forcerun init_story --config " in second_run.splitlines()[0]
+    assert sorted(parse_steps(second_run)) == sorted(first_run)
+    rewritten = mtimes(bravo_benchmarks)
+    assert rewritten.keys() == bravo_files.keys()
+    assert all(rewritten[name] > bravo_files[name] for name in bravo_files), bravo_files
+    assert mtimes(alpha_benchmarks) == alpha_files
+    assert (workdir / "published" / "bravo" / "final.mp4").stat().st_mtime_ns > bravo_video
 
     failed = workdir / "inbox" / "failed"
     assert "not valid JSON" in (failed / "garbage.json.reason.txt").read_text()
@@ -152,12 +211,12 @@ def test_stories_render_side_by_side_and_bad_ones_are_refused(tmp_path, workdir)
     assert torn_failed["attempts"] == 2
     assert watcher_runs(workdir / "stories" / "torn" / "logs" / "watcher-snakemake.log") == 2
 
-    assert metric(metrics, "storyreel_stories_published_total") == 2
+    assert metric(metrics, "storyreel_stories_published_total") == 3
     assert metric(metrics, 'storyreel_stories_failed_total{reason="invalid"}') == 2
     assert metric(metrics, 'storyreel_stories_failed_total{reason="failed"}') == 1
     assert metric(metrics, 'storyreel_stories_failed_total{reason="gave_up"}') == 1
-    assert metric(metrics, 'storyreel_step_seconds_count{step="tts"}') == 2
-    assert metric(metrics, 'storyreel_step_seconds_count{step="render"}') == 4  # 2 shards each
+    assert metric(metrics, 'storyreel_step_seconds_count{step="tts"}') == 3
+    assert metric(metrics, 'storyreel_step_seconds_count{step="render"}') == 6  # 2 shards each
 
     # Every line about a story names it.
     lines = watcher.log_lines()

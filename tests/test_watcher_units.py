@@ -39,8 +39,8 @@ from cluster_manager.metrics import MetricsServer, WatcherMetrics
 from cluster_manager.runner import LogFollower, Runner, parse_steps, published_uri
 from cluster_manager.scaler import Scaler, ScalerSettings
 from cluster_manager.status import new_record, read_status, step_seconds, write_status
-from cluster_manager.submit import submit_story
-from cluster_manager.watcher import Watcher
+from cluster_manager.submit import AlreadyRendering, submit_story
+from cluster_manager.watcher import Watcher, _StoryRun
 from storyreel.storage import storage_client
 from storyreel.story import StoryError
 
@@ -214,6 +214,22 @@ def test_snakemake_command_puts_targets_first_and_config_last(tmp_path):
     profiled = Runner(WatcherConfig(workdir=tmp_path, profile="profiles/gke")).command("x")
     assert "--cores" not in profiled
     assert profiled[profiled.index("--profile") + 1] == "profiles/gke"
+    assert "--forcerun" not in command
+
+
+def test_a_forced_command_reruns_init_story_and_keeps_the_rest(tmp_path):
+    from snakemake.cli import get_argument_parser
+
+    config = WatcherConfig(workdir=tmp_path, snakemake_args=["--configfile", "site.yaml"])
+    forced = Runner(config).command("council", force=True)
+    plain = Runner(config).command("council")
+    assert [word for word in forced if word not in ("--forcerun", "init_story")] == plain
+    # Read by Snakemake's own parser: one forced rule, the target and --config untouched.
+    args = get_argument_parser().parse_args(forced[1:])
+    assert set(args.forcerun) == {"init_story"}
+    assert args.targets == ["stories/council/published.json"]
+    assert args.config == ["story_source=queue/{story}.json", "stories_dir=stories"]
+    assert [str(path) for path in args.configfile] == ["site.yaml"]
 
 
 SNAKEMAKE_LOG = """\
@@ -258,6 +274,7 @@ def test_log_follower_reads_what_was_appended(tmp_path):
         stream.write("er:\n" + tail.split("rule init_story:\n", 1)[-1])
     follower.read()
     assert follower.step == "tts"
+    assert follower.started == ["init_story", "transcript", "tts"]
     assert follower.failed_step == "tts"
     assert follower.error == (
         "story 'smoke' images[0] (cut.png): file cut.png is truncated or corrupt"
@@ -488,6 +505,34 @@ def test_submit_leaves_a_running_record_of_the_same_story(config, tmp_path):
     assert read_status(config, "council")["attempts"] == 0
 
 
+def test_submit_again_asks_for_a_new_render_of_the_same_story(config, tmp_path):
+    path = story_file(tmp_path / "newsroom", "council")
+    inbox_file = tmp_path / "inbox" / "council.json"
+    submit_story(config, path.read_bytes(), base_dir=path.parent)
+    queued = read_status(config, "council")
+    assert queued["render_again"] is False
+    published = write_status(
+        config, {**queued, "state": "published", "attempts": 1, "uri": "file:///v/final.mp4"}
+    )
+    inbox_file.unlink()  # taken and settled
+    # Unchanged and not forced: the published record stays; the watcher will ack it.
+    submit_story(config, path.read_bytes(), base_dir=path.parent)
+    assert read_status(config, "council") == published
+    inbox_file.unlink()
+
+    submit_story(config, path.read_bytes(), base_dir=path.parent, force=True)
+    again = read_status(config, "council")
+    assert again["state"] == "queued" and again["render_again"] is True
+    assert (again["digest"], again["attempts"], again["uri"]) == (queued["digest"], 0, None)
+    assert inbox_file.exists()
+    # While these very bytes render, a request to render them again would be overwritten by
+    # the run's own records: it is refused, and the record stays as it is.
+    running = write_status(config, {**again, "state": "running", "step": "tts", "attempts": 1})
+    with pytest.raises(AlreadyRendering, match=r"'council' is being rendered now \(step tts\)"):
+        submit_story(config, path.read_bytes(), base_dir=path.parent, force=True)
+    assert read_status(config, "council") == running
+
+
 def test_submit_and_status_commands(tmp_path):
     (tmp_path / "watcher.yaml").write_text(f"workdir: {tmp_path}\n")
     good = story_file(tmp_path / "newsroom", "council")
@@ -509,7 +554,12 @@ def test_submit_and_status_commands(tmp_path):
     shown = cli("status", "council", "--config", settings)
     assert shown.returncode == 0
     assert json.loads(shown.stdout)["state"] == "queued"
+    assert json.loads(shown.stdout)["render_again"] is False
     assert cli("status", "other", "--config", settings).returncode == 1
+    again = cli("submit", "--again", str(good), "--config", settings)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "queued story 'council' to render again (inbox)"
+    assert json.loads(cli("status", "council", "--config", settings).stdout)["render_again"]
 
 
 # --- the inbox ---------------------------------------------------------------------------------
@@ -879,3 +929,169 @@ def test_the_main_loop_reports_to_the_scaler_serves_metrics_and_stops(tmp_path):
         main_loop.join(30)
     assert exit_status == [0]
     assert scaler.observed[0] == (0, 0)
+
+
+# --- rendering a published story again ---------------------------------------------------------
+
+# A stand-in for a Snakemake run that starts init_story and tts, then waits to be released and
+# publishes (or fails in tts). Each run appends its arguments to ARGS_FILE.
+RENDER_STAND_IN = """\
+#!{python}
+import json, os, pathlib, sys, time
+with open(os.environ["ARGS_FILE"], "a") as out:
+    out.write(" ".join(sys.argv[1:]) + "\\n")
+print("rule init_story:", flush=True)
+print("rule tts:", flush=True)
+while not pathlib.Path(os.environ["RELEASE_FILE"]).exists():
+    time.sleep(0.05)
+if os.environ.get("FAIL_IN_TTS"):
+    print("error: story 'council': the voice is missing", flush=True)
+    sys.exit(1)
+target = pathlib.Path(sys.argv[1])
+target.parent.mkdir(parents=True, exist_ok=True)
+video = {{"name": "final.mp4", "uri": "file:///videos/council/final.mp4"}}
+target.write_text(json.dumps({{"files": [video]}}))
+"""
+
+
+class StandInRuns:
+    """A watcher whose Snakemake is RENDER_STAND_IN; ``release()`` lets the runs finish."""
+
+    def __init__(self, tmp_path: Path, monkeypatch) -> None:
+        script = tmp_path / "fake-snakemake"
+        script.write_text(RENDER_STAND_IN.format(python=sys.executable))
+        script.chmod(0o755)
+        self.args_file = tmp_path / "runs.txt"
+        self.release_file = tmp_path / "release"
+        monkeypatch.setenv("ARGS_FILE", str(self.args_file))
+        monkeypatch.setenv("RELEASE_FILE", str(self.release_file))
+        self.config = WatcherConfig(workdir=tmp_path, snakemake=script, stop_grace_s=1)
+        self.watcher = Watcher(self.config, source=InboxSource(self.config))
+        self.threads: list[threading.Thread] = []
+
+    def runs(self) -> list[str]:
+        return self.args_file.read_text().splitlines() if self.args_file.exists() else []
+
+    def handle(self, delivery: RecordedDelivery) -> None:
+        thread = threading.Thread(target=self.watcher.handle, args=(delivery,))
+        thread.start()
+        self.threads.append(thread)
+
+    def release(self) -> None:
+        self.release_file.touch()
+        for thread in self.threads:
+            thread.join(30)
+            assert not thread.is_alive()
+        self.release_file.unlink()
+        self.threads.clear()
+
+
+@pytest.fixture
+def stand_in_runs(tmp_path, monkeypatch) -> StandInRuns:
+    return StandInRuns(tmp_path, monkeypatch)
+
+
+def _published_before(config: WatcherConfig) -> dict:
+    digest = hashlib.sha256(GOOD).hexdigest()
+    return write_status(config, new_record("council", "published", digest, uri="x", attempts=1))
+
+
+def test_a_story_asked_to_render_again_runs_once_forced_while_a_duplicate_waits(
+    stand_in_runs, caplog
+):
+    caplog.set_level(logging.INFO, logger="cluster_manager")
+    config = stand_in_runs.config
+    _published_before(config)
+    submit_story(config, GOOD, force=True)
+    first, duplicate = RecordedDelivery(GOOD), RecordedDelivery(GOOD)
+    stand_in_runs.handle(first)
+    _wait(lambda: stand_in_runs.runs(), "the forced run to start")
+    _wait(lambda: read_status(config, "council")["step"] == "tts", "the run's step in the record")
+    running = read_status(config, "council")
+    assert (running["state"], running["render_again"], running["attempts"]) == (
+        "running",
+        True,
+        1,
+    )
+    stand_in_runs.handle(duplicate)
+    _wait(lambda: any("waits for that run" in m for m in caplog.messages), "the duplicate to wait")
+    stand_in_runs.release()
+
+    (run,) = stand_in_runs.runs()  # the duplicate started no second run
+    assert run.startswith("stories/council/published.json ")
+    assert " --forcerun init_story --config " in run
+    assert first.settled == duplicate.settled == [("ack",)]
+    record = read_status(config, "council")
+    assert (record["state"], record["render_again"], record["attempts"]) == ("published", False, 1)
+    assert record["uri"] == "file:///videos/council/final.mp4"
+    # Delivered once more: published, nothing asked for, so acked without a run.
+    late = RecordedDelivery(GOOD)
+    stand_in_runs.watcher.handle(late)
+    assert late.settled == [("ack",)] and len(stand_in_runs.runs()) == 1
+
+
+def test_a_forced_run_that_fails_after_its_first_step_is_retried_unforced(
+    stand_in_runs, monkeypatch
+):
+    """init_story ran again: the later steps are older than its output now, so the retry
+    finishes the new render by itself and resumes from the steps that did finish."""
+    monkeypatch.setenv("FAIL_IN_TTS", "1")
+    config = stand_in_runs.config
+    _published_before(config)
+    submit_story(config, GOOD, force=True)
+    failing = RecordedDelivery(GOOD)
+    stand_in_runs.handle(failing)
+    stand_in_runs.release()
+    assert failing.settled == [("nack",)]
+    record = read_status(config, "council")
+    assert (record["state"], record["attempts"], record["render_again"]) == ("queued", 1, False)
+    assert record["reason"].startswith("attempt 1 of 3 failed: snakemake exited with status 1")
+
+    monkeypatch.delenv("FAIL_IN_TTS")
+    retry = RecordedDelivery(GOOD)
+    stand_in_runs.handle(retry)
+    stand_in_runs.release()
+    assert retry.settled == [("ack",)]
+    forced, unforced = stand_in_runs.runs()
+    assert "--forcerun init_story" in forced and "--forcerun" not in unforced
+    record = read_status(config, "council")
+    assert (record["state"], record["attempts"]) == ("published", 2)
+
+
+def test_a_request_to_render_again_stands_until_the_first_step_has_run(idle_watcher):
+    """Snakemake cannot start at all: the story is not taken as published, and the request to
+    render it again is kept for the next attempt."""
+    config = idle_watcher.config
+    _published_before(config)
+    submit_story(config, GOOD, force=True)
+    for attempt in (1, 2):
+        delivery = RecordedDelivery(GOOD)
+        idle_watcher.handle(delivery)
+        assert delivery.settled == [("nack",)]
+        record = read_status(config, "council")
+        assert (record["state"], record["attempts"]) == ("queued", attempt)
+        assert record["render_again"] is True
+        assert record["reason"].startswith(f"attempt {attempt} of 3 failed: cannot start")
+
+
+def test_a_request_that_came_while_a_duplicate_was_settled_is_not_lost(stand_in_runs, caplog):
+    """A delivery that read the record just before a request to render again was written is
+    acked as published; a forced delivery waiting for it then takes its own turn."""
+    caplog.set_level(logging.INFO, logger="cluster_manager")
+    config = stand_in_runs.config
+    watcher = stand_in_runs.watcher
+    _published_before(config)
+    settling = watcher._stories["council"] = _StoryRun(hashlib.sha256(GOOD).hexdigest())
+    forced = RecordedDelivery(GOOD)
+    stand_in_runs.handle(forced)
+    _wait(lambda: any("waits for that run" in m for m in caplog.messages), "the wait")
+    submit_story(config, GOOD, force=True)
+    # What the settling delivery does when it has acked a published story.
+    settling.published = True
+    del watcher._stories["council"]
+    settling.done.set()
+    _wait(lambda: stand_in_runs.runs(), "the forced run")
+    stand_in_runs.release()
+    (run,) = stand_in_runs.runs()
+    assert "--forcerun init_story" in run and forced.settled == [("ack",)]
+    assert read_status(config, "council")["render_again"] is False

@@ -1,7 +1,8 @@
 """The newsroom app end to end in a real headless Chromium: `python -m webapp serve
---with-watcher` runs the app and the real watcher (local inbox mode, real Snakemake), an editor
-signs in, writes a one-sentence story, uploads an image, publishes, watches it render and plays
-the video. Screenshots go to tests/artifacts/ (and, with STORYREEL_DOCS_SCREENSHOTS=1, to
+--with-watcher` runs the app and the real watcher (local inbox mode, real Snakemake) on an empty
+database; the first editor creates an account on the first-run page, signs out and in again,
+writes a one-sentence story, uploads an image, publishes, watches it render and plays the video.
+Screenshots go to tests/artifacts/ (and, with STORYREEL_DOCS_SCREENSHOTS=1, to
 docs/webapp-editor.png and docs/webapp-story.png for the README)."""
 
 from __future__ import annotations
@@ -63,14 +64,6 @@ class NewsroomServer:
         self.log_path = folder / "serve.log"
         self.base = [sys.executable, "-m", "webapp", "--data-dir", str(self.data_dir)]
         self.base += ["--watcher-config", str(self.watcher_config)]
-        added = subprocess.run(
-            [*self.base, "adduser", EDITOR, "--password-stdin"],
-            input=PASSWORD + "\n",
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-        assert added.returncode == 0, added.stderr
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [*self.base, "serve", "--port", str(self.port), "--with-watcher"],
@@ -86,7 +79,7 @@ class NewsroomServer:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"the app exited:\n{self.tail()}"
             try:
-                with urllib.request.urlopen(f"{self.url}/signin", timeout=2) as answer:
+                with urllib.request.urlopen(f"{self.url}/setup", timeout=2) as answer:
                     if answer.status == 200:
                         return
             except OSError:
@@ -167,8 +160,25 @@ def test_an_editor_writes_publishes_and_watches_a_story_render(newsroom, browser
     context.on("page", watch)
     page = context.new_page()
 
+    # No account yet: the app leads to its first-run page, and the editor makes one.
     page.goto(f"{newsroom.url}/stories")
-    assert page.url.startswith(f"{newsroom.url}/signin")
+    assert page.url == f"{newsroom.url}/setup"
+    assert "open only to a browser on the machine the app runs on" in " ".join(
+        page.text_content("#setup-rule").split()
+    )
+    page.fill("input[name=name]", EDITOR)
+    page.fill("input[name=password]", PASSWORD)
+    page.fill("input[name=password_again]", PASSWORD)
+    screenshot(page, "setup.png", for_docs=False)
+    page.click("button:text('Create account')")
+    page.wait_for_url(f"{newsroom.url}/stories")
+    assert page.locator(".flash").text_content().startswith(f"Welcome, {EDITOR}")
+    assert "open http://127.0.0.1" in newsroom.tail()  # the log said where to go
+    # The account signs in like any other; the first-run page is gone.
+    page.click(f"button:text('Sign out {EDITOR}')")
+    page.wait_for_url(f"{newsroom.url}/signin")
+    page.goto(f"{newsroom.url}/setup")
+    assert page.url == f"{newsroom.url}/signin"
     page.fill("input[name=name]", EDITOR)
     page.fill("input[name=password]", PASSWORD)
     page.click("button:text('Sign in')")

@@ -3,11 +3,13 @@ database, the real submit path into a watcher inbox, real status records, real m
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 from alembic.autogenerate import compare_metadata
@@ -15,7 +17,7 @@ from alembic.migration import MigrationContext
 from conftest import REPO
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 from webapp_support import (  # noqa: F401 - the *_fixture names register fixtures
     EDITOR,
@@ -25,6 +27,7 @@ from webapp_support import (  # noqa: F401 - the *_fixture names register fixtur
     client_fixture,
     csrf_of,
     editor_fixture,
+    local_client,
     png_bytes,
     story_form,
     write_published_files,
@@ -33,8 +36,9 @@ from webapp_support import (  # noqa: F401 - the *_fixture names register fixtur
 
 from cluster_manager.status import new_record, read_status, write_status
 from storyreel.steps import init_story
+from webapp import stories
 from webapp.app import create_app
-from webapp.db import Base, Story, make_engine, migrate
+from webapp.db import Base, FirstAccount, Story, User, make_engine, migrate
 from webapp.settings import AppSettings
 from webapp.stories import digest
 
@@ -69,10 +73,161 @@ def publish(editor, story_id: str = "council", **fields):
     return editor.post(f"/stories/{story_id}/edit", data=form)
 
 
+def accounts_in(app) -> list[str]:
+    with Session(app.state.engine) as db:
+        return list(db.scalars(select(User.name)))
+
+
+def setup_form(client, **fields) -> dict:
+    form = {
+        "csrf_token": csrf_of(client, "/setup"),
+        "name": "grace",
+        "password": "a long enough password",
+        "password_again": "a long enough password",
+    }
+    form.update(fields)
+    return form
+
+
+# --- the first run --------------------------------------------------------------------------
+
+
+def test_every_page_leads_to_setup_while_there_is_no_account(client):
+    for path in ("/", "/stories", "/signin", "/stories/new", "/stories/x", "/api/stories"):
+        answer = client.get(path)
+        assert (answer.status_code, answer.headers["location"]) == (303, "/setup"), path
+    answer = client.post("/signin", data={"name": EDITOR, "password": PASSWORD})
+    assert (answer.status_code, answer.headers["location"]) == (303, "/setup")
+    assert client.get("/static/style.css").status_code == 200
+    # An account made on the command line ends the first run as well.
+    add_editor(client)
+    assert client.get("/stories").headers["location"] == "/signin?next=/stories"
+    assert client.get("/setup").headers["location"] == "/signin"
+    late = {"csrf_token": csrf_of(client, "/signin"), "name": "x", "password": PASSWORD}
+    assert client.post("/setup", data=late | {"password_again": PASSWORD}).status_code == 404
+    assert accounts_in(client.app) == [EDITOR]
+
+
+def test_the_first_account_is_made_on_the_setup_page(app_settings):
+    with local_client(create_app(app_settings)) as browser:
+        page = browser.get("/setup")
+        assert page.status_code == 200
+        assert "open\n  only to a browser on the machine the app runs on" in page.text
+        assert 'name="password_again"' in page.text and 'name="setup_token"' not in page.text
+        for fields, status, message in (
+            ({"password_again": "another long password"}, 422, "The two passwords differ."),
+            ({"password": "short", "password_again": "short"}, 422, "at least 10 characters."),
+            ({"name": "no spaces"}, 422, "User name 'no spaces' is not valid"),
+            ({"csrf_token": "forged"}, 403, "not sent from this site"),
+        ):
+            answer = browser.post("/setup", data=setup_form(browser, **fields))
+            assert answer.status_code == status, answer.text
+            assert message in html.unescape(answer.text)
+        assert accounts_in(browser.app) == []
+
+        answer = browser.post("/setup", data=setup_form(browser))
+        assert (answer.status_code, answer.headers["location"]) == (303, "/stories")
+        assert "Welcome, grace" in browser.get("/stories").text  # signed in at once
+        assert accounts_in(browser.app) == ["grace"]
+        # Gone: the form leads to signing in, and a late form is refused.
+        assert browser.get("/setup").headers["location"] == "/signin"
+        late = browser.post("/setup", data={"csrf_token": csrf_of(browser, "/stories")})
+        assert late.status_code == 404
+        assert accounts_in(browser.app) == ["grace"]
+        # The password was stored hashed, and signs in like one made with adduser.
+        browser.post("/signout", data={"csrf_token": csrf_of(browser, "/stories")})
+        signed_in = browser.post(
+            "/signin",
+            data={
+                "name": "grace",
+                "password": "a long enough password",
+                "csrf_token": csrf_of(browser, "/signin"),
+            },
+        )
+        assert signed_in.status_code == 303
+    with Session(make_engine(app_settings.db_url)) as db:
+        stored = db.scalar(select(User.password_hash))
+    assert stored.startswith("$argon2id$")
+
+
+def test_setup_answers_only_this_machine_without_a_token(client):
+    page = client.get("/setup")  # TestClient's address is "testclient", not a loopback one
+    assert page.status_code == 403
+    assert '<form method="post" action="/setup"' not in page.text
+    assert "not on the\n  machine the app runs on" in page.text
+    assert "STORYREEL_APP_SETUP_TOKEN" in page.text
+    for host in ("10.0.0.7", "2001:db8::1"):
+        # A valid form and session (fetched on this machine) do not help from elsewhere.
+        with local_client(client.app) as near:
+            form, cookies = setup_form(near), near.cookies
+        with TestClient(client.app, follow_redirects=False, client=(host, 1)) as remote:
+            remote.cookies = cookies
+            answer = remote.post("/setup", data=form)
+            assert answer.status_code == 403
+            assert f"This browser is at {host}" in html.unescape(answer.text)
+    for host in ("127.0.0.2", "::1", "::ffff:127.0.0.1"):
+        with TestClient(client.app, follow_redirects=False, client=(host, 1)) as near:
+            assert near.get("/setup").status_code == 200, host
+    assert accounts_in(client.app) == []
+
+
+def test_setup_with_a_token_asks_every_address_for_it(app_settings):
+    settings = dataclasses.replace(app_settings, setup_token="a token only the admin knows")
+    app = create_app(settings)
+    with local_client(app) as near:
+        assert 'name="setup_token"' in near.get("/setup").text
+        # Asked of this machine too: behind a proxy on it every browser would look local.
+        answer = near.post("/setup", data=setup_form(near))
+        assert answer.status_code == 403 and "setup token is missing or wrong" in answer.text
+    with TestClient(app, follow_redirects=False, client=("203.0.113.9", 1)) as remote:
+        page = remote.get("/setup")
+        assert page.status_code == 200 and "asks for\n  the setup token" in page.text
+        wrong = remote.post("/setup", data=setup_form(remote, setup_token="a guess"))
+        assert wrong.status_code == 403
+        assert accounts_in(app) == []
+        right = setup_form(remote, setup_token="a token only the admin knows")
+        assert remote.post("/setup", data=right).status_code == 303
+    assert accounts_in(app) == ["grace"]
+
+
+def test_two_setup_forms_sent_at_once_make_one_account(app_settings):
+    """Both forms pass the "no account yet" check before either stores its account (held at
+    a barrier just before the insert); the database lets one of them through."""
+    app = create_app(app_settings)
+    barrier = threading.Barrier(2, timeout=30)
+
+    def hold_account_inserts(_connection, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO USERS"):
+            barrier.wait()
+
+    event.listen(app.state.engine, "before_cursor_execute", hold_account_inserts)
+    answers: dict[str, int] = {}
+    with local_client(app) as first, local_client(app) as second:
+        forms = {"grace": setup_form(first), "linus": setup_form(second, name="linus")}
+
+        def send(browser, name) -> None:
+            answers[name] = browser.post("/setup", data=forms[name]).status_code
+
+        threads = [
+            threading.Thread(target=send, args=(browser, name))
+            for browser, name in ((first, "grace"), (second, "linus"))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(answers.values()) == [303, 404], answers
+    (winner,) = [name for name, status in answers.items() if status == 303]
+    assert accounts_in(app) == [winner]
+    with Session(app.state.engine) as db:
+        assert db.scalar(select(func.count()).select_from(FirstAccount)) == 1
+
+
 # --- signing in -----------------------------------------------------------------------------
 
 
 def test_pages_and_data_need_a_signed_in_editor(client, tmp_path):
+    add_editor(client)
     for path in ("/stories", "/stories/new", "/stories/council", "/stories/council/edit"):
         answer = client.get(path)
         assert answer.status_code == 303, path
@@ -436,10 +591,11 @@ def test_the_list_shows_each_state_of_the_status_record(editor, tmp_path):
     assert editor.get("/api/stories/council").json()["state"] == "failed"
 
 
-def test_render_again_resubmits_only_what_the_watcher_would_render(editor, tmp_path):
+def test_render_again_asks_the_watcher_to_render_a_published_story_again(editor, tmp_path):
     create_story(editor, tmp_path)
     publish(editor)
-    inbox_file = editor.app.state.settings.watcher.inbox / "council.json"
+    config = editor.app.state.settings.watcher
+    inbox_file = config.inbox / "council.json"
     inbox_file.unlink()  # as if the watcher had taken it
     token = csrf_of(editor, "/stories/council")
 
@@ -448,19 +604,53 @@ def test_render_again_resubmits_only_what_the_watcher_would_render(editor, tmp_p
     assert "being rendered already" in editor.get("/stories/council").text
     assert not inbox_file.exists()
 
+    # Failed: submitted as it is, to resume from its finished steps.
     set_status(editor, "failed", reason="render: out of memory")
     editor.post("/stories/council/rerender", data={"csrf_token": token})
     assert inbox_file.exists()
-    assert read_status(editor.app.state.settings.watcher, "council")["state"] == "queued"
+    record = read_status(config, "council")
+    assert (record["state"], record["render_again"]) == ("queued", False)
     assert "submitted for rendering again" in editor.get("/stories/council").text
     inbox_file.unlink()
 
-    set_status(editor, "published", uri="published/council/final.mp4")
-    editor.post("/stories/council/rerender", data={"csrf_token": token})
-    assert "unchanged since it was published" in editor.get("/stories/council").text
+    # Published and unchanged: the watcher is asked to render it again from its first step.
+    set_status(editor, "published", uri="published/council/final.mp4", attempts=1)
+    page = editor.get("/stories/council").text
+    assert re.search(r'<button type="submit" >Render again</button>', page)
+    assert editor.post("/stories/council/rerender", data={}).status_code == 403  # no CSRF token
+    assert not inbox_file.exists()
+    answer = editor.post("/stories/council/rerender", data={"csrf_token": token})
+    assert answer.status_code == 303 and answer.headers["location"] == "/stories/council"
+    # The same bytes as published: only the status record tells the watcher to render them.
+    assert digest(inbox_file.read_bytes()) == stored_story(editor, "council").submitted_digest
+    record = read_status(config, "council")
+    assert (record["state"], record["render_again"], record["attempts"]) == ("queued", True, 0)
+    page = editor.get("/stories/council").text
+    assert "submitted for rendering from its first step" in page
+    # The page follows the story through queued, rendering and published again.
+    assert 'data-state="queued"' in page and ">queued to render again</span>" in page
+    assert re.search(r'<button type="submit" disabled>Render again</button>', page)
+    set_status(editor, "running", step="tts", attempts=1, render_again=True)
+    assert editor.get("/api/stories/council").json()["label"] == "rendering again, step tts"
+    set_status(editor, "published", uri="published/council/final.mp4", attempts=1)
+    assert editor.get("/api/stories/council").json()["label"] == "published"
+
+    # The page saw it published, but a render started meanwhile: refused with the reason.
+    inbox_file.unlink()
+    write_status(config, {**read_status(config, "council"), "state": "running", "step": "tts"})
+    settings = editor.app.state.settings
+    with Session(editor.app.state.engine) as db:
+        story = db.get(Story, stored_story(editor, "council").id)
+        assert stories.publish(db, settings, story, force=True) == {
+            "form": [
+                "story 'council' is being rendered now (step tts): ask for it to be rendered "
+                "again once that run has ended"
+            ]
+        }
     assert not inbox_file.exists()
 
-    # An edit saved as a draft makes it a new version: that one is rendered.
+    # An edit saved as a draft makes it a new version: that one is rendered without asking.
+    set_status(editor, "published", uri="published/council/final.mp4", attempts=1)
     page = editor.get("/stories/council/edit").text
     form = story_form(editor, "/stories/council/edit", title="Council approves a new budget")
     form["row_image"] = re.findall(r'name="row_image" value="(\d+)"', page)
@@ -469,6 +659,7 @@ def test_render_again_resubmits_only_what_the_watcher_would_render(editor, tmp_p
     assert editor.get("/api/stories/council").json()["changed"] is True
     editor.post("/stories/council/rerender", data={"csrf_token": token})
     assert json.loads(inbox_file.read_bytes())["title"] == "Council approves a new budget"
+    assert read_status(config, "council")["render_again"] is False
     assert editor.get("/api/stories/council").json() | {"updated": None} == {
         "id": "council",
         "title": "Council approves a new budget",

@@ -21,6 +21,7 @@ from webapp.app import create_app
 from webapp.settings import AppSettings
 
 EDITOR, PASSWORD = "ada", "correct horse battery"
+LOOPBACK = ("127.0.0.1", 50000)  # TestClient's own default address is "testclient"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -54,8 +55,14 @@ def app_settings_fixture(tmp_path) -> AppSettings:
 
 @pytest.fixture(name="client")
 def client_fixture(app_settings) -> TestClient:
+    """The app on an empty database, asked from an address that is not this machine's."""
     with TestClient(create_app(app_settings), follow_redirects=False) as test_client:
         yield test_client
+
+
+def local_client(app, **options) -> TestClient:
+    """A client of ``app`` at a loopback address, as a browser on the app's machine."""
+    return TestClient(app, follow_redirects=False, client=LOOPBACK, **options)
 
 
 @pytest.fixture(name="editor")

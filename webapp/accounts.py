@@ -3,12 +3,16 @@
 The session cookie is signed (itsdangerous, through Starlette's SessionMiddleware) and holds the
 CSRF token and a random sign-in token; the database holds the sign-in token's hash, so signing
 out, or deleting an account, ends the session on the server too.
+
+The first account is made either on the command line (``python -m webapp adduser``) or on the
+first-run page while the database holds none (:func:`create_first_account`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from datetime import timedelta
@@ -18,9 +22,10 @@ from typing import TYPE_CHECKING
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from webapp.db import SignIn, User, utcnow
+from webapp.db import FirstAccount, SignIn, User, utcnow
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -40,19 +45,67 @@ class AccountError(ValueError):
     pass
 
 
-def add_user(db: Session, name: str, password: str) -> User:
+class SetupClosed(Exception):
+    """An account exists already: the first-run page is gone."""
+
+
+def check_new_account(name: str, password: str) -> None:
+    """The rules for a new account's name and password (the same everywhere)."""
     if not USER_NAME.fullmatch(name):
         raise AccountError(
             f"user name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def add_user(db: Session, name: str, password: str) -> User:
+    check_new_account(name, password)
     if db.scalar(select(User).where(User.name == name)):
         raise AccountError(f"user {name!r} exists already")
     user = User(name=name, password_hash=_hasher.hash(password))
     db.add(user)
     db.commit()
     return user
+
+
+def has_accounts(db: Session) -> bool:
+    return db.scalar(select(User.id).limit(1)) is not None
+
+
+def create_first_account(db: Session, name: str, password: str) -> User:
+    """The first editor's account, made only while the database holds none.
+
+    Raises AccountError for a bad name or password, SetupClosed if an account exists. Two of
+    these at once store one account: the FirstAccount row has a fixed key, so the second
+    transaction fails on it (or, in SQLite, on the write lock) and is rolled back.
+    """
+    check_new_account(name, password)
+    password_hash = _hasher.hash(password)  # slow: before the transaction, not inside it
+    try:
+        if has_accounts(db):
+            raise SetupClosed()
+        user = User(name=name, password_hash=password_hash)
+        db.add(user)
+        db.flush()
+        db.add(FirstAccount(id=1, user_id=user.id))
+        db.commit()
+    except (IntegrityError, OperationalError):
+        db.rollback()
+        if has_accounts(db):
+            raise SetupClosed() from None
+        raise
+    return user
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine's own (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def check_password(db: Session, name: str, password: str) -> User | None:

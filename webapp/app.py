@@ -2,11 +2,13 @@
 
 Pages are rendered on the server (Jinja2); static/app.js only polls the JSON endpoints and
 updates the length estimate. Every POST carries the session's CSRF token; every page but the
-sign-in form needs a signed-in editor.
+sign-in form needs a signed-in editor. While the database holds no account at all, every page
+leads to the first-run page, /setup, where the first editor's account is made.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,9 +54,11 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.has_accounts = False  # until an account is seen; there is no going back
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_routes(app)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
+    app.add_middleware(FirstRun)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.upload_limit + FORM_ALLOWANCE)
     app.add_middleware(
@@ -140,6 +145,36 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+SETUP_PATH = "/setup"
+
+
+class FirstRun:
+    """While the database holds no account, every request but the first-run page and the
+    static files is sent to /setup. Once an account is seen the check stops for good."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _open_before_setup(scope["path"]):
+            state = scope["app"].state
+            if not state.has_accounts:
+                state.has_accounts = await run_in_threadpool(any_account, state.sessions)
+            if not state.has_accounts:
+                await see_other(SETUP_PATH)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _open_before_setup(path: str) -> bool:
+    return path == SETUP_PATH or path.startswith("/static/")
+
+
+def any_account(sessions: sessionmaker) -> bool:
+    with sessions() as db:
+        return accounts.has_accounts(db)
 
 
 async def _not_signed_in(request: Request, _exc: Exception) -> Response:
@@ -387,6 +422,43 @@ def _add_routes(app: FastAPI) -> None:
     def home() -> Response:
         return see_other("/stories")
 
+    @app.get(SETUP_PATH)
+    def setup_form(request: Request, db: Db, settings: Settings) -> Response:
+        if accounts.has_accounts(db):
+            return see_other("/signin")
+        return setup_page(request, settings)
+
+    @app.post(SETUP_PATH, dependencies=CSRF)
+    def setup(
+        request: Request,
+        db: Db,
+        settings: Settings,
+        name: Annotated[str, Form()] = "",
+        password: Annotated[str, Form()] = "",
+        password_again: Annotated[str, Form()] = "",
+        setup_token: Annotated[str, Form()] = "",
+    ) -> Response:
+        if accounts.has_accounts(db):
+            raise HTTPException(404, "There is an account already: sign in at /signin.")
+        name = name.strip()
+        refusal = setup_refusal(request, settings, setup_token)
+        if refusal:
+            return setup_page(request, settings, 403, name=name, error=refusal)
+        if password != password_again:
+            error = "The two passwords differ."
+            return setup_page(request, settings, 422, name=name, error=error)
+        try:
+            user = accounts.create_first_account(db, name, password)
+        except accounts.AccountError as err:
+            return setup_page(request, settings, 422, name=name, error=_sentence(str(err)))
+        except accounts.SetupClosed:
+            raise HTTPException(404, "There is an account already: sign in at /signin.") from None
+        request.app.state.has_accounts = True
+        log.info("first account %r created on the first-run page", user.name)
+        accounts.sign_in(request, db, user, settings.session_hours)
+        flash(request, f"Welcome, {user.name}: your account is ready. Write your first story.")
+        return see_other("/stories")
+
     @app.get("/signin")
     def signin_form(request: Request, db: Db, next: str = "/stories") -> Response:
         if accounts.signed_in_user(request, db):
@@ -494,15 +566,18 @@ def _add_routes(app: FastAPI) -> None:
         progress = stories.progress(story, settings)
         if progress.state in stories.RENDERING and not progress.changed:
             flash(request, "The story is being rendered already.")
-        elif progress.state == "published" and not progress.changed:
-            flash(request, stories.UNCHANGED_NOTE)
-        else:
-            errors = stories.publish(db, settings, story)
-            for messages in errors.values():
-                for message in messages:
-                    flash(request, f"Not submitted: {message}")
-            if not errors:
-                flash(request, f"Story '{story.story_id}' was submitted for rendering again.")
+            return see_other(f"/stories/{story.story_id}")
+        # Published and unchanged: the watcher takes the same story as done unless asked to
+        # render it again. A failed one resumes from its finished steps; an edited one is a
+        # new version and renders anyway.
+        force = progress.state == "published" and not progress.changed
+        errors = stories.publish(db, settings, story, force=force)
+        for messages in errors.values():
+            for message in messages:
+                flash(request, f"Not submitted: {message}")
+        if not errors:
+            how = "from its first step" if force else "again"
+            flash(request, f"Story '{story.story_id}' was submitted for rendering {how}.")
         return see_other(f"/stories/{story.story_id}")
 
     @app.get("/stories/{story_id}/files/{name}")
@@ -525,6 +600,51 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(404, "no such image")
         path = library.image_path(settings, image, thumbnail=size == "thumbnail")
         return FileResponse(path, media_type="image/jpeg")
+
+
+def setup_refusal(request: Request, settings: AppSettings, token: str | None) -> str | None:
+    """Why this request may not create the first account, or None if it may.
+
+    Whoever reaches the page first gets the account: without a setup token it answers only
+    this machine's own addresses; with one, the token is asked from every address."""
+    if settings.setup_token is not None:
+        if token is not None and hmac.compare_digest(
+            token.strip().encode(), settings.setup_token.encode()
+        ):
+            return None
+        return "The setup token is missing or wrong (STORYREEL_APP_SETUP_TOKEN where the app runs)."
+    client = request.client.host if request.client else None
+    if accounts.is_loopback(client):
+        return None
+    return (
+        f"This browser is at {client or 'an unknown address'}: the first account can be "
+        "created only from the machine the app runs on, or with the setup token "
+        "(STORYREEL_APP_SETUP_TOKEN where the app runs)."
+    )
+
+
+def setup_page(
+    request: Request, settings: AppSettings, status_code: int = 200, /, **context: Any
+) -> Response:
+    client = request.client.host if request.client else None
+    token_asked = settings.setup_token is not None
+    open_here = token_asked or accounts.is_loopback(client)
+    return page(
+        request,
+        "setup.html",
+        status_code if open_here else 403,
+        token_asked=token_asked,
+        open_here=open_here,
+        client=client,
+        min_password=accounts.MIN_PASSWORD_LENGTH,
+        **context,
+    )
+
+
+def _sentence(message: str) -> str:
+    """An error message of the accounts module as a sentence on a page."""
+    message = message[:1].upper() + message[1:]
+    return message if message.endswith(".") else f"{message}."
 
 
 def _all_stories(db: Session) -> list[Story]:

@@ -1,5 +1,6 @@
 """``python -m webapp serve`` runs the app (optionally beside the watcher);
-``python -m webapp adduser NAME`` creates an editor's account."""
+``python -m webapp adduser NAME`` creates an editor's account (the first one can also be made
+in the browser, on the app's first-run page)."""
 
 from __future__ import annotations
 
@@ -75,9 +76,18 @@ def add_user(settings: AppSettings, name: str, from_stdin: bool) -> int:
 
 
 def serve_app(settings: AppSettings, host: str, port: int, with_watcher: bool) -> int:
-    from webapp.app import create_app
+    from webapp.app import any_account, create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+    app = create_app(settings)
+    if not any_account(app.state.sessions):
+        where = "with the setup token" if settings.setup_token else "in a browser on this machine"
+        log.info(
+            "no editor account yet: open http://%s:%d/setup %s to create the first one",
+            "127.0.0.1" if host in ("0.0.0.0", "::") else host,
+            port,
+            where,
+        )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
     if not with_watcher:
         _run(server)
         return 0

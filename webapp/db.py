@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ForeignKey, String, Text, create_engine, event
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -32,6 +32,18 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FirstAccount(Base):
+    """The account created on the first-run page (/setup). The key is always 1: of two first-run
+    forms sent at once, the database stores one row and refuses the other, whatever the
+    transaction isolation; the refused form's account is rolled back with it."""
+
+    __tablename__ = "first_account"
+    __table_args__ = (CheckConstraint("id = 1", name="only_one_first_account"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

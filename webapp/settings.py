@@ -30,6 +30,8 @@ class AppSettings:
     secret_key: str | None = None  # None: generated once into data_dir/secret_key
     max_upload_bytes: int | None = None  # None: the workflow's limits.image_bytes
     session_hours: float = 12.0
+    # Opens the first-run page (/setup) to any address that gives it; None: loopback only.
+    setup_token: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AppSettings:
@@ -40,6 +42,7 @@ class AppSettings:
             "watcher_config": _path(env.get("STORYREEL_WATCHER_CONFIG")),
             "workflow_config": _path(env.get("STORYREEL_WORKFLOW_CONFIG")),
             "secret_key": env.get("STORYREEL_APP_SECRET") or None,
+            "setup_token": env.get("STORYREEL_APP_SETUP_TOKEN") or None,
         }
         values.update((key, value) for key, value in overrides.items() if value is not None)
         return cls(**values)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy.orm import Session
 
 from cluster_manager.status import read_status
-from cluster_manager.submit import submit_story
+from cluster_manager.submit import AlreadyRendering, submit_story
 from storyreel.storage import is_gcs_uri
 from storyreel.story import STORY_ID_PATTERN, StoryError, validate_story
 from webapp.db import Story, utcnow
@@ -32,11 +32,6 @@ SOURCE = "newsroom app"
 DEMO_WORDS, DEMO_SECONDS, DEMO_LENGTH_SCALE = 85, 33.7, 1.1
 PUBLISHED_FILES = {"final.mp4": "video/mp4", "preview.png": "image/png", "captions.vtt": "text/vtt"}
 RENDERING = ("queued", "running")
-# submit_story has no "force": an identical story that is published already is not rendered again.
-UNCHANGED_NOTE = (
-    "The story is unchanged since it was published, so the watcher would not render it again "
-    "(an identical submission counts as done). Edit the story to render a new version."
-)
 
 FieldErrors = dict[str, list[str]]  # field ("title", "images", "images[2]", "form") -> messages
 
@@ -148,8 +143,10 @@ def field_errors(message: str) -> FieldErrors:
 # --- publishing and progress ----------------------------------------------------------------
 
 
-def publish(db: Session, settings: AppSettings, story: Story) -> FieldErrors:
-    """Check the story and submit it to the watcher; the problems found, or {} once submitted."""
+def publish(db: Session, settings: AppSettings, story: Story, force: bool = False) -> FieldErrors:
+    """Check the story and submit it to the watcher; the problems found, or {} once submitted.
+
+    ``force``: render it again from its first step even if it is published unchanged."""
     if is_gcs_uri(settings.watcher.story_source):
         # init_story refuses local image paths in a story read from GCS.
         return {
@@ -164,9 +161,11 @@ def publish(db: Session, settings: AppSettings, story: Story) -> FieldErrors:
         return errors
     data = story_bytes(document)
     try:
-        submit_story(settings.watcher, data, label=SOURCE)
+        submit_story(settings.watcher, data, label=SOURCE, force=force)
     except StoryError as err:
         return field_errors(str(err))
+    except AlreadyRendering as err:
+        return {"form": [str(err)]}
     except Exception as err:  # the queue or the disk: tell the editor, keep the draft
         log.exception("story '%s': submitting failed", story.story_id)
         return {"form": [f"the story could not be submitted: {err}"]}
@@ -202,9 +201,11 @@ def progress(story: Story, settings: AppSettings) -> Progress:
     if record is None:  # submitted, and the watcher has not written its record yet
         return Progress("queued", "queued", changed, story.updated_at, None)
     state = record.get("state", "queued")
+    again = " again" if record.get("render_again") else ""  # asked to render it again
+    step = f", step {record['step']}" if record.get("step") else ""
     label = {
-        "queued": "queued",
-        "running": f"rendering, step {record['step']}" if record.get("step") else "rendering",
+        "queued": "queued to render again" if again else "queued",
+        "running": f"rendering{again}{step}",
         "published": "published",
         "failed": f"failed: {record.get('reason') or 'no reason recorded'}",
     }.get(state, state)
