@@ -37,6 +37,7 @@ test: $(STAMP) $(CHROMIUM)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(SNAKEMAKE) --lint
 
 bench: $(STAMP)

@@ -204,7 +204,10 @@ def animate(
     tmp_json.replace(out_visemes)
     log.info(
         "%d frames at %g fps, %d phones, %d blinks",
-        summary["frames"], fps, len(summary["visemes"]), len(summary["blinks"]),
+        summary["frames"],
+        fps,
+        len(summary["visemes"]),
+        len(summary["blinks"]),
     )
     return summary
 
@@ -291,8 +294,12 @@ def animate_track(
                 "word": word,
             }
             for viseme, start, end, phone, word in zip(
-                timeline.visemes, timeline.starts, timeline.ends, timeline.phones,
-                timeline.words, strict=True,
+                timeline.visemes,
+                timeline.starts,
+                timeline.ends,
+                timeline.phones,
+                timeline.words,
+                strict=True,
             )
         ],
         "blinks": [round(float(start), 3) for start in blink_starts],
@@ -365,9 +372,7 @@ def articulation_track(
     reach = 4.0 * max(anticipation, carryover, GRID_STEP)
     grid = np.arange(-reach, max(duration, times[-1] if len(times) else 0.0) + reach, GRID_STEP)
     names = list(VISEMES)
-    table = np.array(
-        [[s.gap, s.jaw, s.width, s.rounding, s.dominance] for s in VISEMES.values()]
-    )
+    table = np.array([[s.gap, s.jaw, s.width, s.rounding, s.dominance] for s in VISEMES.values()])
     segment, inside = _segment_of(grid, timeline)
     pause_starts, pause_ends = _pauses(timeline)
     long_pauses = pause_ends - pause_starts >= rest_after

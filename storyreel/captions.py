@@ -25,11 +25,39 @@ _SINGLE_WORD_COST = 300.0
 _WEAK_ENDING_COST = 80.0
 _BREAK_AFTER = (",", ";", ":", "\u2014", "\u2013", ")")
 # A cue should not end on a word that leans on the next one ("... carrying the").
-_WEAK_ENDINGS = frozenset({
-    "a", "an", "the", "of", "to", "in", "on", "at", "for", "from", "by", "with", "and", "or",
-    "but", "as", "into", "than", "that", "this", "these", "those", "its", "their", "his", "her",
-    "our", "my", "your",
-})
+_WEAK_ENDINGS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "as",
+        "into",
+        "than",
+        "that",
+        "this",
+        "these",
+        "those",
+        "its",
+        "their",
+        "his",
+        "her",
+        "our",
+        "my",
+        "your",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +104,7 @@ def build_cues(
     for index, (word, token) in enumerate(zip(timed, tokens, strict=True)):
         if word["word"] != token.word:
             raise ValueError(
-                f"word {index}: phonemes.json has {word['word']!r}, "
-                f"the transcript {token.word!r}"
+                f"word {index}: phonemes.json has {word['word']!r}, the transcript {token.word!r}"
             )
         if word.get("start") is None or word.get("end") is None:
             raise ValueError(f"word {index} ({word['word']!r}) has no times")
@@ -266,14 +293,16 @@ def _make_cue(indices: range, timed: list[dict], tokens: list[_Token], text: str
             parts.append(gap)
             cursor += len(gap)
         parts.append(token.text)
-        words.append(CueWord(
-            index=index,
-            text=token.text,
-            start=float(timed[index]["start"]),
-            end=float(timed[index]["end"]),
-            char_start=cursor,
-            char_end=cursor + len(token.text),
-        ))
+        words.append(
+            CueWord(
+                index=index,
+                text=token.text,
+                start=float(timed[index]["start"]),
+                end=float(timed[index]["end"]),
+                char_start=cursor,
+                char_end=cursor + len(token.text),
+            )
+        )
         cursor += len(token.text)
     last = indices[-1]
     if last + 1 < len(tokens) and tokens[last + 1].sentence == tokens[last].sentence:

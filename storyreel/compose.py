@@ -137,7 +137,11 @@ def compose(
     out_mp4.parent.mkdir(parents=True, exist_ok=True)
     partial = out_mp4.with_name(out_mp4.stem + ".partial.mp4")
     args = _ffmpeg_args(
-        ffmpeg_exe, settings, frame_rate, wav, partial,
+        ffmpeg_exe,
+        settings,
+        frame_rate,
+        wav,
+        partial,
         delay_samples=round(intro_end * AUDIO_RATE),
         total_samples=round(total_frames / fps * AUDIO_RATE),
         total_frames=total_frames,
@@ -149,10 +153,18 @@ def compose(
         (index / fps - intro_end for index in range(total_frames)), layout.panel[2:]
     )
     try:
-        with tempfile.TemporaryFile() as log, FfmpegPipe(args, log) as pipe, tqdm(
-            total=total_frames, unit="frame", desc="compose", file=sys.stderr,
-            disable=not progress, mininterval=1.0,
-        ) as bar:
+        with (
+            tempfile.TemporaryFile() as log,
+            FfmpegPipe(args, log) as pipe,
+            tqdm(
+                total=total_frames,
+                unit="frame",
+                desc="compose",
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=1.0,
+            ) as bar,
+        ):
             for index in range(total_frames):
                 tick = time.perf_counter()
                 frame = scene.frame(index / fps)
@@ -249,21 +261,55 @@ def _ffmpeg_args(
         f"apad,atrim=end_sample={total_samples}[speech]"
     )
     return [
-        ffmpeg_exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{settings['width']}x{settings['height']}", "-framerate", rate, "-i", "pipe:0",
-        "-i", str(wav),
-        "-filter_complex", audio_filter,
-        "-map", "0:v", "-map", "[speech]",
+        ffmpeg_exe,
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{settings['width']}x{settings['height']}",
+        "-framerate",
+        rate,
+        "-i",
+        "pipe:0",
+        "-i",
+        str(wav),
+        "-filter_complex",
+        audio_filter,
+        "-map",
+        "0:v",
+        "-map",
+        "[speech]",
         # Frames are RGB: convert with the BT.709 matrix and tag the stream so, or players
         # guess and tint the colours.
-        "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+        "-vf",
+        "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
         "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv",
-        "-c:v", "libx264", "-preset", str(settings["preset"]), "-crf", str(settings["crf"]),
-        "-profile:v", "high", "-g", str(max(1, round(2 * float(frame_rate)))),
-        "-frames:v", str(total_frames),
-        "-c:a", "aac", "-b:a", str(settings["audio_bitrate"]), "-ar", str(AUDIO_RATE),
-        "-movflags", "+faststart",
+        "-c:v",
+        "libx264",
+        "-preset",
+        str(settings["preset"]),
+        "-crf",
+        str(settings["crf"]),
+        "-profile:v",
+        "high",
+        "-g",
+        str(max(1, round(2 * float(frame_rate)))),
+        "-frames:v",
+        str(total_frames),
+        "-c:a",
+        "aac",
+        "-b:a",
+        str(settings["audio_bitrate"]),
+        "-ar",
+        str(AUDIO_RATE),
+        "-movflags",
+        "+faststart",
         str(out),
     ]
 
@@ -520,7 +566,7 @@ def wrap_text(
     fits = len(lines) <= max_lines and all(typeface.getlength(ln) <= max_width for ln in lines)
     if fits:
         return lines, True
-    lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    lines = lines[: max_lines - 1] + [" ".join(lines[max_lines - 1 :])]
     return [_ellipsize(line, typeface, max_width) for line in lines], False
 
 
@@ -580,8 +626,7 @@ def subtract_rects(area: Rect, holes: list[Rect]) -> list[Rect]:
     """
     left, top, right, bottom = area
     clipped = [
-        (max(x0, left), max(y0, top), min(x1, right), min(y1, bottom))
-        for x0, y0, x1, y1 in holes
+        (max(x0, left), max(y0, top), min(x1, right), min(y1, bottom)) for x0, y0, x1, y1 in holes
     ]
     clipped = [(x0, y0, x1, y1) for x0, y0, x1, y1 in clipped if x0 < x1 and y0 < y1]
     edges = sorted({top, bottom, *(y for hole in clipped for y in (hole[1], hole[3]))})
@@ -589,8 +634,9 @@ def subtract_rects(area: Rect, holes: list[Rect]) -> list[Rect]:
     band_rects: list[list[int]] = []
     band_runs: list[tuple[int, int]] | None = None
     for band_top, band_bottom in zip(edges, edges[1:], strict=False):
-        covered = sorted((x0, x1) for x0, y0, x1, y1 in clipped
-                         if y0 <= band_top and y1 >= band_bottom)
+        covered = sorted(
+            (x0, x1) for x0, y0, x1, y1 in clipped if y0 <= band_top and y1 >= band_bottom
+        )
         runs = []
         x = left
         for x0, x1 in covered:
@@ -660,7 +706,7 @@ class Layer:
         left, top = max(0, -x), max(0, -y)
         right = min(rgba.shape[1], frame_size[0] - x)
         bottom = min(rgba.shape[0], frame_size[1] - y)
-        rgba = rgba[top:max(top, bottom), left:max(left, right)]
+        rgba = rgba[top : max(top, bottom), left : max(left, right)]
         x, y = x + left, y + top
         alpha = rgba[..., 3]
         self.pieces: list[tuple[int, int, np.ndarray, np.ndarray | None]] = []
@@ -702,7 +748,7 @@ class Layer:
         """Draw the layer onto ``frame`` (uint8 RGB, in place)."""
         for top, left, colour, transparency in self.pieces:
             height, width = colour.shape[:2]
-            region = frame[top:top + height, left:left + width]
+            region = frame[top : top + height, left : left + width]
             if transparency is None:
                 region[...] = colour
             else:
@@ -716,10 +762,18 @@ class MaskedPaste:
     def __init__(self, mask: np.ndarray, x: int, y: int):
         self.x, self.y = x, y
         self.pieces = [
-            (y0, y1, x0, x1, None if opaque else (
-                np.ascontiguousarray(mask[y0:y1, x0:x1]),
-                np.ascontiguousarray(1.0 - mask[y0:y1, x0:x1]),
-            ))
+            (
+                y0,
+                y1,
+                x0,
+                x1,
+                None
+                if opaque
+                else (
+                    np.ascontiguousarray(mask[y0:y1, x0:x1]),
+                    np.ascontiguousarray(1.0 - mask[y0:y1, x0:x1]),
+                ),
+            )
             for y0, y1, x0, x1, opaque in visible_pieces(mask)
         ]
 
@@ -733,7 +787,7 @@ class MaskedPaste:
 
     def paste(self, frame: np.ndarray, image: np.ndarray) -> None:
         for y0, y1, x0, x1, weights in self.pieces:
-            region = frame[self.y + y0:self.y + y1, self.x + x0:self.x + x1]
+            region = frame[self.y + y0 : self.y + y1, self.x + x0 : self.x + x1]
             if weights is None:
                 region[...] = image[y0:y1, x0:x1]
             else:
@@ -785,9 +839,18 @@ class Layout:
                 panel_width, panel_height = round(room / aspect), room
             panel = (width - margin - panel_width, margin, panel_width, panel_height)
             return cls(
-                width, height, orientation, unit, margin, panel,
-                (margin, strap_top, width - margin, strap_bottom), 2, True,
-                width // 2, height - margin, width - 2 * margin,
+                width,
+                height,
+                orientation,
+                unit,
+                margin,
+                panel,
+                (margin, strap_top, width - margin, strap_bottom),
+                2,
+                True,
+                width // 2,
+                height - margin,
+                width - 2 * margin,
             )
         panel_width = round(width * 0.66)
         panel_height = round(panel_width * aspect)
@@ -799,9 +862,18 @@ class Layout:
         strap_top = panel_top + panel_height + round(24 * unit)
         strap_room = round(156 * unit)  # three lines of headline
         return cls(
-            width, height, orientation, unit, margin, panel,
-            (margin, strap_top, width - margin, strap_top + strap_room), 3, False,
-            width // 2, round(height * 0.30), width - 2 * margin,
+            width,
+            height,
+            orientation,
+            unit,
+            margin,
+            panel,
+            (margin, strap_top, width - margin, strap_top + strap_room),
+            3,
+            False,
+            width // 2,
+            round(height * 0.30),
+            width - 2 * margin,
         )
 
     @property
@@ -897,8 +969,9 @@ class KenBurns:
         scale = max(self.width / rgb.shape[1], self.height / rgb.shape[0]) * ZOOM_RANGE
         size = (math.ceil(rgb.shape[1] * scale), math.ceil(rgb.shape[0] * scale))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        prepared = cv2.cvtColor(cv2.resize(rgb, size, interpolation=interpolation),
-                                cv2.COLOR_RGB2RGBA)
+        prepared = cv2.cvtColor(
+            cv2.resize(rgb, size, interpolation=interpolation), cv2.COLOR_RGB2RGBA
+        )
         # Keep only the images in use (at most two during a crossfade): flat memory.
         if len(self._prepared) >= 2:
             self._prepared.pop(next(iter(self._prepared)))
@@ -930,8 +1003,12 @@ class KenBurns:
             # region, with the same sub-pixel position as in a whole-frame warp.
             matrix = np.array([[scale, 0.0, -left * scale - x0], [0.0, scale, -top * scale - y0]])
             cv2.warpAffine(
-                source, matrix, (x1 - x0, y1 - y0), dst=canvas[y0:y1, x0:x1],
-                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT,
+                source,
+                matrix,
+                (x1 - x0, y1 - y0),
+                dst=canvas[y0:y1, x0:x1],
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REFLECT,
             )
 
     def cover(self, index: int) -> np.ndarray:
@@ -1000,8 +1077,9 @@ class Scene:
             self.intro = _card(layout, background, _intro_text(layout, story["title"]))
         if self.outro_fade > 0:
             background = self.backgrounds.cover(segments[-1].image)
-            self.outro = _card(layout, background,
-                               _outro_text(layout, story["title"], story["images"]))
+            self.outro = _card(
+                layout, background, _outro_text(layout, story["title"], story["images"])
+            )
 
     def frame(self, t: float) -> np.ndarray:
         """The composed RGB frame at video time ``t``."""
@@ -1049,8 +1127,14 @@ class Scene:
         for x0, y0, x1, y1 in regions:
             warped = self._warped[y0:y1, x0:x1]
             if fading:
-                cv2.addWeighted(warped, weight, self._warped_previous[y0:y1, x0:x1],
-                                1.0 - weight, 0.0, dst=warped)
+                cv2.addWeighted(
+                    warped,
+                    weight,
+                    self._warped_previous[y0:y1, x0:x1],
+                    1.0 - weight,
+                    0.0,
+                    dst=warped,
+                )
             cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=frame[y0:y1, x0:x1])
 
 
@@ -1067,8 +1151,7 @@ def _chrome_layers(layout: Layout, title: str) -> tuple[list[Layer], list[Layer]
     under = [Layer.from_image(shadow, x - pad, y - pad, layout.size)]
 
     border, draw = _canvas(w, h)
-    draw.rounded_rectangle((0, 0, w - 1, h - 1), radius, outline=(255, 255, 255, 190),
-                           width=px(3))
+    draw.rounded_rectangle((0, 0, w - 1, h - 1), radius, outline=(255, 255, 255, 190), width=px(3))
     over = [Layer.from_image(border, x, y, layout.size)]
 
     label_font = font(px(15), bold=True)
@@ -1077,8 +1160,7 @@ def _chrome_layers(layout: Layout, title: str) -> tuple[list[Layer], list[Layer]
     label_w = round(text_w) + 2 * px(12)
     label, draw = _canvas(label_w, label_h)
     draw.rounded_rectangle((0, 0, label_w - 1, label_h - 1), px(6), (*ACCENT, 235))
-    draw.text((label_w / 2, label_h / 2), DISCLOSURE_LABEL, font=label_font, fill=TEXT,
-              anchor="mm")
+    draw.text((label_w / 2, label_h / 2), DISCLOSURE_LABEL, font=label_font, fill=TEXT, anchor="mm")
     over.append(Layer.from_image(label, x + px(12), y + h - label_h - px(12), layout.size))
 
     over.append(_strap_layer(layout, title))
@@ -1094,8 +1176,9 @@ def _strap_layer(layout: Layout, title: str) -> Layer:
     max_text = right - left - accent_w - 2 * pad_x
     size = px(34)
     while True:  # shrink the type until the headline fits in its room, width and height
-        typeface, lines = fit_text(title, size=size, min_size=px(18), max_width=max_text,
-                                   max_lines=layout.strap_lines)
+        typeface, lines = fit_text(
+            title, size=size, min_size=px(18), max_width=max_text, max_lines=layout.strap_lines
+        )
         step = line_height(typeface)
         height = max(px(64), len(lines) * step + 2 * pad_y)
         if height <= bottom - top or typeface.size <= px(18):
@@ -1107,8 +1190,13 @@ def _strap_layer(layout: Layout, title: str) -> Layer:
     draw.rectangle((0, 0, accent_w - 1, height), (*ACCENT, 255))
     text_top = (height - len(lines) * step) / 2
     for number, line in enumerate(lines):
-        draw.text((accent_w + pad_x, text_top + (number + 0.5) * step), line, font=typeface,
-                  fill=TEXT, anchor="lm")
+        draw.text(
+            (accent_w + pad_x, text_top + (number + 0.5) * step),
+            line,
+            font=typeface,
+            fill=TEXT,
+            anchor="lm",
+        )
     y = bottom - height if layout.strap_at_bottom else top
     return Layer.from_image(strap, left, y, layout.size)
 
@@ -1180,17 +1268,21 @@ class CaptionLayers:
             left = (box_w - row_w) / 2
             middle = pad_y + (row + 0.5) * step
             baseline = middle + (ascent - descent) / 2
-            draw.text((left, baseline), cue.text[start:end], font=typeface, fill=TEXT,
-                      anchor="ls")
+            draw.text((left, baseline), cue.text[start:end], font=typeface, fill=TEXT, anchor="ls")
             if word is not None and start <= word.char_start < end:
                 # The highlighted word is drawn again over a marker, at the place the whole
                 # line put it (measured from the line start, so kerning matches).
-                x = left + typeface.getlength(cue.text[start:word.char_start])
+                x = left + typeface.getlength(cue.text[start : word.char_start])
                 grow = px(5)
                 draw.rounded_rectangle(
-                    (x - grow, middle - step / 2 + px(3),
-                     x + typeface.getlength(word.text) + grow, middle + step / 2 - px(3)),
-                    px(7), (*HIGHLIGHT, 255),
+                    (
+                        x - grow,
+                        middle - step / 2 + px(3),
+                        x + typeface.getlength(word.text) + grow,
+                        middle + step / 2 - px(3),
+                    ),
+                    px(7),
+                    (*HIGHLIGHT, 255),
                 )
                 draw.text((x, baseline), word.text, font=typeface, fill=DARK_TEXT, anchor="ls")
         layout = self.layout
@@ -1208,8 +1300,11 @@ class CaptionLayers:
 
 def _card(layout: Layout, background: np.ndarray, text: Image.Image) -> np.ndarray:
     """A blurred, darkened news image with ``text`` (RGBA, frame-sized) on top."""
-    small = cv2.resize(background, (max(1, layout.width // 8), max(1, layout.height // 8)),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        background,
+        (max(1, layout.width // 8), max(1, layout.height // 8)),
+        interpolation=cv2.INTER_AREA,
+    )
     small = cv2.GaussianBlur(small, (0, 0), 3)
     blurred = cv2.resize(small, (layout.width, layout.height), interpolation=cv2.INTER_CUBIC)
     base = Image.fromarray((blurred * 0.42).astype(np.uint8)).convert("RGBA")
@@ -1235,28 +1330,38 @@ def _centred_blocks(layout: Layout, blocks: list[_TextBlock]) -> Image.Image:
     for block, block_h in zip(blocks, heights, strict=True):
         step = line_height(block.typeface)
         for number, line in enumerate(block.lines):
-            draw.text((centre, y + (number + 0.5) * step), line, font=block.typeface,
-                      fill=block.colour, anchor="mm")
+            draw.text(
+                (centre, y + (number + 0.5) * step),
+                line,
+                font=block.typeface,
+                fill=block.colour,
+                anchor="mm",
+            )
         y += block_h
         if block.rule_after:
             half_w, half_h = layout.px(45), layout.px(3)
             rule_y = y - block.space_after / 2
-            draw.rectangle((centre - half_w, rule_y - half_h, centre + half_w, rule_y + half_h),
-                           (*ACCENT, 255))
+            draw.rectangle(
+                (centre - half_w, rule_y - half_h, centre + half_w, rule_y + half_h), (*ACCENT, 255)
+            )
     return image
 
 
 def _intro_text(layout: Layout, title: str) -> Image.Image:
     px = layout.px
     width = layout.width - 4 * layout.margin
-    headline_font, headline = fit_text(title, size=px(60), min_size=px(34), max_width=width,
-                                       max_lines=4)
+    headline_font, headline = fit_text(
+        title, size=px(60), min_size=px(34), max_width=width, max_lines=4
+    )
     note_font = font(px(22))
     note, _ = wrap_text("Read by a synthetic presenter", note_font, width, 2)
-    return _centred_blocks(layout, [
-        _TextBlock(headline, headline_font, TEXT, px(44), rule_after=True),
-        _TextBlock(note, note_font, (225, 225, 225, 255)),
-    ])
+    return _centred_blocks(
+        layout,
+        [
+            _TextBlock(headline, headline_font, TEXT, px(44), rule_after=True),
+            _TextBlock(note, note_font, (225, 225, 225, 255)),
+        ],
+    )
 
 
 def _outro_text(layout: Layout, title: str, images: list[dict]) -> Image.Image:
@@ -1265,15 +1370,20 @@ def _outro_text(layout: Layout, title: str, images: list[dict]) -> Image.Image:
     credits = [(image.get("credit") or "").strip() for image in images]
     credits = list(dict.fromkeys(credit for credit in credits if credit))  # unique, in order
     credit_text = " \u00b7 ".join(credits) if credits else "Images supplied with the story"
-    credit_font, credit_lines = fit_text(credit_text, size=px(26), min_size=px(16),
-                                         max_width=width, max_lines=6, bold=False)
-    title_font, title_lines = fit_text(title, size=px(26), min_size=px(18), max_width=width,
-                                       max_lines=2, bold=False)
+    credit_font, credit_lines = fit_text(
+        credit_text, size=px(26), min_size=px(16), max_width=width, max_lines=6, bold=False
+    )
+    title_font, title_lines = fit_text(
+        title, size=px(26), min_size=px(18), max_width=width, max_lines=2, bold=False
+    )
     disclosure_font = font(px(22))
     disclosure, _ = wrap_text(DISCLOSURE_TEXT, disclosure_font, width, 3)
-    return _centred_blocks(layout, [
-        _TextBlock(title_lines, title_font, (200, 200, 200, 255), px(36)),
-        _TextBlock(["IMAGE CREDITS"], font(px(24), bold=True), (*HIGHLIGHT, 255), px(8)),
-        _TextBlock(credit_lines, credit_font, TEXT, px(36)),
-        _TextBlock(disclosure, disclosure_font, (225, 225, 225, 255)),
-    ])
+    return _centred_blocks(
+        layout,
+        [
+            _TextBlock(title_lines, title_font, (200, 200, 200, 255), px(36)),
+            _TextBlock(["IMAGE CREDITS"], font(px(24), bold=True), (*HIGHLIGHT, 255), px(8)),
+            _TextBlock(credit_lines, credit_font, TEXT, px(36)),
+            _TextBlock(disclosure, disclosure_font, (225, 225, 225, 255)),
+        ],
+    )

@@ -69,7 +69,11 @@ def detect_reference(
         )
         log.info(
             "presenter image %s: %d faces found; using the largest %s (score %.2f), not %s",
-            label, len(detections), list(box), score, others,
+            label,
+            len(detections),
+            list(box),
+            score,
+            others,
         )
 
     points = _landmarks(pixels, box)
@@ -101,7 +105,11 @@ def detect_reference(
     write_json(out_json, reference)
     log.info(
         "presenter %s: %dx%d, face box %s, inter-ocular distance %.1f px",
-        name, width, height, reference["face_box"], inter_ocular_distance(points),
+        name,
+        width,
+        height,
+        reference["face_box"],
+        inter_ocular_distance(points),
     )
     return reference
 

@@ -23,9 +23,25 @@ from storyreel.compose import font, index_frames
 
 SHEET_WIDTH = 1600
 WINDOW_SECONDS = 6.0
-VOWELS = frozenset({
-    "AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW",
-})
+VOWELS = frozenset(
+    {
+        "AA",
+        "AE",
+        "AH",
+        "AO",
+        "AW",
+        "AY",
+        "EH",
+        "ER",
+        "EY",
+        "IH",
+        "IY",
+        "OW",
+        "OY",
+        "UH",
+        "UW",
+    }
+)
 _LABEL_HEIGHT = 44
 _GAP = 8
 _BACKGROUND = (250, 250, 248)
@@ -61,8 +77,7 @@ def make_preview(
         window = (start, end)
 
     chosen = _evenly_spaced(sorted(paths), columns * rows)
-    sheet = _contact_sheet([paths[k] for k in chosen], chosen, fps, phonemes, mouth_open,
-                           columns)
+    sheet = _contact_sheet([paths[k] for k in chosen], chosen, fps, phonemes, mouth_open, columns)
     timeline = _timeline(wav, phonemes, visemes, mouth_open, fps, window, chosen)
 
     page = Image.new("RGB", (SHEET_WIDTH, sheet.height + timeline.height), _BACKGROUND)
@@ -92,23 +107,29 @@ def span_at(spans: list[dict], t: float) -> dict | None:
 
 
 def _contact_sheet(
-    paths: list[Path], numbers: list[int], fps: float, phonemes: dict,
-    mouth_open: np.ndarray | None, columns: int,
+    paths: list[Path],
+    numbers: list[int],
+    fps: float,
+    phonemes: dict,
+    mouth_open: np.ndarray | None,
+    columns: int,
 ) -> Image.Image:
     cell_w = (SHEET_WIDTH - _GAP * (columns + 1)) // columns
     with Image.open(paths[0]) as first:
         cell_h = round(cell_w * first.height / first.width)
     rows = -(-len(paths) // columns)
-    sheet = Image.new("RGB", (SHEET_WIDTH, _GAP + rows * (cell_h + _LABEL_HEIGHT + _GAP)),
-                      _BACKGROUND)
+    sheet = Image.new(
+        "RGB", (SHEET_WIDTH, _GAP + rows * (cell_h + _LABEL_HEIGHT + _GAP)), _BACKGROUND
+    )
     draw = ImageDraw.Draw(sheet)
     small, bold = font(14), font(16, bold=True)
     for position, (path, number) in enumerate(zip(paths, numbers, strict=True)):
         x = _GAP + (position % columns) * (cell_w + _GAP)
         y = _GAP + (position // columns) * (cell_h + _LABEL_HEIGHT + _GAP)
         with Image.open(path) as frame:
-            sheet.paste(frame.convert("RGB").resize((cell_w, cell_h), Image.Resampling.LANCZOS),
-                        (x, y))
+            sheet.paste(
+                frame.convert("RGB").resize((cell_w, cell_h), Image.Resampling.LANCZOS), (x, y)
+            )
         t = number / fps
         details = f"{t:.2f} s \u00b7 frame {number}"
         if mouth_open is not None and number < len(mouth_open):
@@ -122,8 +143,12 @@ def _contact_sheet(
         draw.text((x, y + cell_h + 21), label, font=bold, fill=(20, 20, 20))
         phone = span_at(phonemes["phones"], t)
         if phone is not None:
-            draw.text((x + bold.getlength(label) + 8, y + cell_h + 23), phone["phone"],
-                      font=small, fill=(176, 96, 0) if phone["phone"] in VOWELS else (90, 90, 90))
+            draw.text(
+                (x + bold.getlength(label) + 8, y + cell_h + 23),
+                phone["phone"],
+                font=small,
+                fill=(176, 96, 0) if phone["phone"] in VOWELS else (90, 90, 90),
+            )
     return sheet
 
 
@@ -147,7 +172,9 @@ def _timeline(
     figure = Figure(figsize=(SHEET_WIDTH / dpi, 1.0 + sum(heights[p] for p in panels)), dpi=dpi)
     figure.patch.set_facecolor(np.array(_BACKGROUND) / 255)
     axes = figure.subplots(
-        len(panels), 1, sharex=True,
+        len(panels),
+        1,
+        sharex=True,
         gridspec_kw={"height_ratios": [heights[p] for p in panels], "hspace": 0.08},
     )
     axes = dict(zip(panels, np.atleast_1d(axes), strict=True))
@@ -155,31 +182,51 @@ def _timeline(
     figure.suptitle(
         f"Lip-sync timeline {start:.2f}\u2013{end:.2f} s (speech time). Vowels are dark orange: "
         "the mouth should be open on them. Dots: frames in the contact sheet above.",
-        x=0.06, ha="left", fontsize=11,
+        x=0.06,
+        ha="left",
+        fontsize=11,
     )
 
     _plot_waveform(axes["wave"], wav, start, end)
     in_window = [w for w in phonemes["words"] if w["end"] > start and w["start"] < end]
-    _plot_spans(axes["words"], "words", [
-        (w["start"], w["end"], w["word"], ("#cfe0f5", "#a9c8ee")[n % 2])
-        for n, w in enumerate(in_window)
-    ], fontsize=9)
+    _plot_spans(
+        axes["words"],
+        "words",
+        [
+            (w["start"], w["end"], w["word"], ("#cfe0f5", "#a9c8ee")[n % 2])
+            for n, w in enumerate(in_window)
+        ],
+        fontsize=9,
+    )
     # Vowels in a stronger colour: the mouth should be open on them.
-    _plot_spans(axes["phones"], "phones", [
-        (p["start"], p["end"], p["phone"], "#f0b060" if p["phone"] in VOWELS else "#f7dfc2")
-        for p in phonemes["phones"] if p["end"] > start and p["start"] < end
-    ], fontsize=7)
+    _plot_spans(
+        axes["phones"],
+        "phones",
+        [
+            (p["start"], p["end"], p["phone"], "#f0b060" if p["phone"] in VOWELS else "#f7dfc2")
+            for p in phonemes["phones"]
+            if p["end"] > start and p["start"] < end
+        ],
+        fontsize=7,
+    )
     if "visemes" in axes:
-        _plot_spans(axes["visemes"], "visemes", [
-            (v["start"], v["end"], v["viseme"], ("#dcefd9", "#b8dfb2")[n % 2])
-            for n, v in enumerate(visemes["visemes"]) if v["end"] > start and v["start"] < end
-        ], fontsize=7)
+        _plot_spans(
+            axes["visemes"],
+            "visemes",
+            [
+                (v["start"], v["end"], v["viseme"], ("#dcefd9", "#b8dfb2")[n % 2])
+                for n, v in enumerate(visemes["visemes"])
+                if v["end"] > start and v["start"] < end
+            ],
+            fontsize=7,
+        )
         for blink in visemes.get("blinks", []):
             if start <= blink <= end:
                 axes["visemes"].plot([blink], [0.5], marker="v", color="#555555", markersize=6)
     if "mouth" in axes:
-        _plot_mouth(axes["mouth"], np.asarray(mouth_open, dtype=float), fps, start, end,
-                    sheet_frames)
+        _plot_mouth(
+            axes["mouth"], np.asarray(mouth_open, dtype=float), fps, start, end, sheet_frames
+        )
 
     for word in in_window:
         for panel in axes.values():
@@ -196,16 +243,18 @@ def _timeline(
 def _plot_waveform(axis, wav: Path, start: float, end: float) -> None:
     info = soundfile.info(str(wav))
     first = int(start * info.samplerate)
-    samples, rate = soundfile.read(str(wav), start=first, stop=int(end * info.samplerate),
-                                   dtype="float32", always_2d=True)
+    samples, rate = soundfile.read(
+        str(wav), start=first, stop=int(end * info.samplerate), dtype="float32", always_2d=True
+    )
     samples = samples.mean(axis=1)
     if samples.size:
         # A min/max envelope per bin draws like the full waveform at a fraction of the points.
         bins = min(samples.size, 4000)
         usable = samples[: samples.size - samples.size % bins].reshape(bins, -1)
         times = start + (np.arange(bins) + 0.5) * usable.shape[1] / rate
-        axis.fill_between(times, usable.min(axis=1), usable.max(axis=1), color="#3b5b85",
-                          linewidth=0)
+        axis.fill_between(
+            times, usable.min(axis=1), usable.max(axis=1), color="#3b5b85", linewidth=0
+        )
     peak = float(np.abs(samples).max()) if samples.size else 1.0
     axis.set_ylim(-1.05 * max(peak, 1e-3), 1.05 * max(peak, 1e-3))
     axis.set_ylabel("audio")
@@ -219,8 +268,15 @@ def _plot_spans(
     height so that short spans stay legible."""
     for number, (span_start, span_end, label, colour) in enumerate(spans):
         axis.axvspan(span_start, span_end, ymin=0.08, ymax=0.92, color=colour, linewidth=0)
-        axis.text((span_start + span_end) / 2, 0.68 if number % 2 == 0 else 0.32, label,
-                  ha="center", va="center", fontsize=fontsize, clip_on=True)
+        axis.text(
+            (span_start + span_end) / 2,
+            0.68 if number % 2 == 0 else 0.32,
+            label,
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            clip_on=True,
+        )
     axis.set_ylim(0, 1)
     axis.set_yticks([])
     axis.set_ylabel(name)

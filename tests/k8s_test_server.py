@@ -710,12 +710,9 @@ def _matches_node_affinity(spec: Mapping[str, Any], name: str, labels: Mapping[s
     selector = spec.get("nodeSelector") or {}
     if any(labels.get(key) != value for key, value in selector.items()):
         return False
-    required = (
-        ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-            "requiredDuringSchedulingIgnoredDuringExecution"
-        )
-        or {}
-    )
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms")
     if not terms:
         return True
@@ -1328,8 +1325,7 @@ class K8sTestServer:
             kubernetes_validate.validate(obj, self.kubernetes_version, strict=True)
         except kubernetes_validate.ValidationError as error:
             where = "".join(
-                f"[{part}]" if isinstance(part, int) else f".{part}"
-                for part in error.absolute_path
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
             ).lstrip(".")
             problem = _FieldError(where or "<root>", "Invalid value", error.message)
             raise _invalid(kind, name, [problem]) from error
@@ -2497,9 +2493,7 @@ def _condition(status: Mapping[str, Any], condition_type: str) -> dict[str, Any]
 
 
 def _condition_true(status: Mapping[str, Any], *condition_types: str) -> bool:
-    return any(
-        (_condition(status, name) or {}).get("status") == "True" for name in condition_types
-    )
+    return any((_condition(status, name) or {}).get("status") == "True" for name in condition_types)
 
 
 def _set_job_condition(
@@ -2598,9 +2592,7 @@ def _refresh_pod_status(pod: dict[str, Any], run: _PodRun) -> None:
 # Entry points
 
 
-def start_server(
-    nodes: Iterable[SimulatedNode] = DEFAULT_NODES, **options: Any
-) -> K8sTestServer:
+def start_server(nodes: Iterable[SimulatedNode] = DEFAULT_NODES, **options: Any) -> K8sTestServer:
     """Start a server on a free 127.0.0.1 port, on a background thread; ``.stop()`` ends it.
 
     Options: ``root`` (a directory for pods' and nodes' files; a temporary one, removed on stop,

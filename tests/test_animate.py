@@ -27,10 +27,26 @@ PAUSE_MIDDLES = [0.2, 1.5, 2.47, 3.3]
 def phonemes_dict(words=WORDS, shift: float = 0.0) -> dict:
     entries, phones = [], []
     for index, (word, word_phones) in enumerate(words):
-        entries.append({"index": index, "word": word, "start": word_phones[0][1] + shift,
-                        "end": word_phones[-1][2] + shift, "sentence": 0, "source": "aligned"})
-        phones += [{"phone": phone, "start": round(start + shift, 3), "end": round(end + shift, 3),
-                    "word": index, "source": "aligned"} for phone, start, end in word_phones]
+        entries.append(
+            {
+                "index": index,
+                "word": word,
+                "start": word_phones[0][1] + shift,
+                "end": word_phones[-1][2] + shift,
+                "sentence": 0,
+                "source": "aligned",
+            }
+        )
+        phones += [
+            {
+                "phone": phone,
+                "start": round(start + shift, 3),
+                "end": round(end + shift, 3),
+                "word": index,
+                "source": "aligned",
+            }
+            for phone, start, end in word_phones
+        ]
     return {"story": "test", "duration": DURATION, "words": entries, "phones": phones}
 
 
@@ -38,8 +54,10 @@ def long_phonemes(seconds: float) -> dict:
     """The test words repeated to fill ``seconds``."""
     words = []
     for repeat in range(int(seconds // DURATION)):
-        words += [(w, [(p, s + repeat * DURATION, e + repeat * DURATION) for p, s, e in ps])
-                  for w, ps in WORDS]
+        words += [
+            (w, [(p, s + repeat * DURATION, e + repeat * DURATION) for p, s, e in ps])
+            for w, ps in WORDS
+        ]
     return phonemes_dict(words)
 
 
@@ -49,10 +67,17 @@ def reference(tmp_path_factory):
     return detect_reference(None, folder / "presenter.png", folder / "ref.json", name="astronaut")
 
 
-def track(reference, fps=30.0, seed_text="test:mama papa", phonemes=None, duration=DURATION,
-          **options):
-    return animate_track(phonemes or phonemes_dict(), reference, fps=fps, duration=duration,
-                         seed_text=seed_text, **options)
+def track(
+    reference, fps=30.0, seed_text="test:mama papa", phonemes=None, duration=DURATION, **options
+):
+    return animate_track(
+        phonemes or phonemes_dict(),
+        reference,
+        fps=fps,
+        duration=duration,
+        seed_text=seed_text,
+        **options,
+    )
 
 
 def inner_lip_gap(points: np.ndarray) -> np.ndarray:
@@ -75,8 +100,15 @@ def phone_centres(*names: str):
 
 def test_outputs_follow_the_file_contract(reference, tmp_path):
     phonemes = phonemes_dict()
-    summary = animate(phonemes, reference, fps=25, duration=DURATION, seed_text="s",
-                      out_npz=tmp_path / "frames.npz", out_visemes=tmp_path / "visemes.json")
+    summary = animate(
+        phonemes,
+        reference,
+        fps=25,
+        duration=DURATION,
+        seed_text="s",
+        out_npz=tmp_path / "frames.npz",
+        out_visemes=tmp_path / "visemes.json",
+    )
     frames = math.ceil(DURATION * 25)  # 87.5 -> 88
     with np.load(tmp_path / "frames.npz") as saved:
         assert saved["points"].dtype == np.float32 and saved["points"].shape == (frames, 68, 2)
@@ -86,14 +118,20 @@ def test_outputs_follow_the_file_contract(reference, tmp_path):
     assert written == summary
     assert written["fps"] == 25 and written["frames"] == frames
     assert len(written["visemes"]) == len(phonemes["phones"])
-    assert written["visemes"][0] == {"viseme": "MBP", "start": 0.4, "end": 0.48, "phone": "M",
-                                     "word": 0}
+    assert written["visemes"][0] == {
+        "viseme": "MBP",
+        "start": 0.4,
+        "end": 0.48,
+        "phone": "M",
+        "word": 0,
+    }
     assert [v["viseme"] for v in written["visemes"][8:12]] == ["FV", "AA", "TH", "ER"]
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize(("duration", "fps", "frames"), [(10.0, 30, 300), (0.1, 30, 3),
-                                                         (3.5, 25, 88), (1.0, 29.97, 30)])
+@pytest.mark.parametrize(
+    ("duration", "fps", "frames"), [(10.0, 30, 300), (0.1, 30, 3), (3.5, 25, 88), (1.0, 29.97, 30)]
+)
 def test_frame_count_is_ceil_of_duration_times_fps(reference, duration, fps, frames):
     result = track(reference, fps=fps, duration=duration)
     assert result["points"].shape == (frames, 68, 2)
@@ -173,8 +211,9 @@ def test_blinks_every_few_seconds_and_the_lids_meet(reference):
 def test_head_motion_is_small_and_optional(reference):
     phonemes = long_phonemes(10.5)
     moving = track(reference, phonemes=phonemes, duration=10.5)["points"]
-    still = track(reference, phonemes=phonemes, duration=10.5, head_motion=0.0,
-                  brow_raise=0.0)["points"]
+    still = track(reference, phonemes=phonemes, duration=10.5, head_motion=0.0, brow_raise=0.0)[
+        "points"
+    ]
     nose_tip = np.array(reference["points"][30], dtype=float)
     drift = np.linalg.norm(moving[:, 30] - nose_tip, axis=1)
     assert 0.3 < drift.max() < 0.02 * reference["width"]

@@ -78,7 +78,7 @@ def test_cues_lie_within_their_words(story):
         assert [w.index for w in cue.words] == list(range(first, last + 1))
         # Each word's span in the cue text is that word (with its punctuation).
         for word in cue.words:
-            assert cue.text[word.char_start:word.char_end] == word.text
+            assert cue.text[word.char_start : word.char_end] == word.text
             assert words[word.index]["word"] in word.text
 
 

@@ -49,19 +49,34 @@ def make_transcript(paragraphs: list[list[str]]) -> dict:
             start = len(text)
             text += sentence
             words = [
-                {"word": m.group(), "start_offset": start + m.start(),
-                 "end_offset": start + m.end()}
+                {
+                    "word": m.group(),
+                    "start_offset": start + m.start(),
+                    "end_offset": start + m.end(),
+                }
                 for m in WORD_RE.finditer(sentence)
             ]
-            sentences.append({
-                "index": len(sentences), "paragraph": paragraph, "text": sentence,
-                "start_offset": start, "end_offset": len(text), "words": words,
-            })
+            sentences.append(
+                {
+                    "index": len(sentences),
+                    "paragraph": paragraph,
+                    "text": sentence,
+                    "start_offset": start,
+                    "end_offset": len(text),
+                    "words": words,
+                }
+            )
     return {"story": "test", "language": "en", "text": text, "sentences": sentences}
 
 
 def make_phonemes(
-    transcript: dict, *, lead_in=0.3, word=0.3, gap=0.04, sentence_pause=0.3, paragraph_pause=0.7,
+    transcript: dict,
+    *,
+    lead_in=0.3,
+    word=0.3,
+    gap=0.04,
+    sentence_pause=0.3,
+    paragraph_pause=0.7,
     tail=0.3,
 ) -> dict:
     """phonemes.json with evenly timed words, each a consonant then a vowel."""
@@ -77,12 +92,22 @@ def make_phonemes(
             start, end = round(t, 3), round(t + word, 3)
             middle = round(t + word * 0.4, 3)
             index = len(words)
-            words.append({"index": index, "word": entry["word"], "start": start, "end": end,
-                          "sentence": sentence["index"], "source": "aligned"})
-            phones.append({"phone": "T", "start": start, "end": middle, "word": index,
-                           "source": "aligned"})
-            phones.append({"phone": "AA", "start": middle, "end": end, "word": index,
-                           "source": "aligned"})
+            words.append(
+                {
+                    "index": index,
+                    "word": entry["word"],
+                    "start": start,
+                    "end": end,
+                    "sentence": sentence["index"],
+                    "source": "aligned",
+                }
+            )
+            phones.append(
+                {"phone": "T", "start": start, "end": middle, "word": index, "source": "aligned"}
+            )
+            phones.append(
+                {"phone": "AA", "start": middle, "end": end, "word": index, "source": "aligned"}
+            )
             t = end + gap
     duration = round(t - gap + tail, 3)
     return {"story": "test", "duration": duration, "words": words, "phones": phones}
@@ -114,10 +139,11 @@ def write_presenter_frames(root: Path, duration: float, fps: float, *, shards=2,
         centre = size // 2
         cv2.ellipse(image, (centre, centre), (size // 4, size // 3), 0, 0, 360, (150, 190, 235), -1)
         mouth = 2 + (k % 4) * size // 40
-        cv2.ellipse(image, (centre, centre + size // 6), (size // 10, mouth), 0, 0, 360,
-                    (40, 20, 90), -1)
+        cv2.ellipse(
+            image, (centre, centre + size // 6), (size // 10, mouth), 0, 0, 360, (40, 20, 90), -1
+        )
         square = 255 if k % 2 == 0 else 0
-        image[size // 8:size // 8 + size // 5, size // 8:size // 8 + size // 5] = square
+        image[size // 8 : size // 8 + size // 5, size // 8 : size // 8 + size // 5] = square
         shard = k * shards // count
         cv2.imwrite(str(folders[shard] / f"frame-{k:06d}.png"), image)
     return folders
@@ -132,8 +158,9 @@ def write_news_image(path: Path, size: tuple[int, int], top: tuple, bottom: tupl
     draw = ImageDraw.Draw(image)
     for n in range(5):
         x = (n + 1) * width // 7
-        draw.ellipse((x, height // 3, x + width // 10, height // 3 + width // 10),
-                     fill=(230, 230, 230))
+        draw.ellipse(
+            (x, height // 3, x + width // 10, height // 3 + width // 10), fill=(230, 230, 230)
+        )
     image.save(path, quality=90)
 
 
@@ -155,7 +182,9 @@ def make_story_files(root: Path, fps: float = 15, paragraphs=PARAGRAPHS) -> Stor
     write_news_image(root / "assets" / "image-00.jpg", (480, 300), (20, 50, 110), (10, 20, 40))
     write_news_image(root / "assets" / "image-01.jpg", (300, 400), (20, 90, 60), (5, 30, 20))
     story = {
-        "id": "test", "title": "Council approves budget & new bridge", "language": "en",
+        "id": "test",
+        "title": "Council approves budget & new bridge",
+        "language": "en",
         "text": "\n\n".join(" ".join(p) for p in paragraphs),
         "images": [
             {"uri": "a.jpg", "file": "assets/image-00.jpg", "credit": "City Photo Desk"},
@@ -167,19 +196,34 @@ def make_story_files(root: Path, fps: float = 15, paragraphs=PARAGRAPHS) -> Stor
     wav = root / "speech.wav"
     write_speech(wav, phonemes)
     frame_dirs = write_presenter_frames(root / "frames", phonemes["duration"], fps)
-    return StoryFiles(story, root, frame_dirs, wav, phonemes, transcript, fps,
-                      phonemes["duration"])
+    return StoryFiles(story, root, frame_dirs, wav, phonemes, transcript, fps, phonemes["duration"])
 
 
 def run_compose(files: StoryFiles, out_dir: Path, **video) -> tuple[Path, dict, dict]:
-    settings = {"width": 320, "height": 180, "fps": files.fps, "layout": "landscape",
-                "intro_seconds": 1.0, "outro_seconds": 1.0, "crf": 20, "preset": "veryfast",
-                "audio_bitrate": "96k", **video}
+    settings = {
+        "width": 320,
+        "height": 180,
+        "fps": files.fps,
+        "layout": "landscape",
+        "intro_seconds": 1.0,
+        "outro_seconds": 1.0,
+        "crf": 20,
+        "preset": "veryfast",
+        "audio_bitrate": "96k",
+        **video,
+    }
     out_mp4 = out_dir / "video.mp4"
     summary = compose(
-        story=files.story, story_dir=files.story_dir, frame_dirs=files.frame_dirs,
-        wav=files.wav, phonemes=files.phonemes, transcript=files.transcript,
-        out_mp4=out_mp4, out_vtt=out_dir / "captions.vtt", video=settings, progress=False,
+        story=files.story,
+        story_dir=files.story_dir,
+        frame_dirs=files.frame_dirs,
+        wav=files.wav,
+        phonemes=files.phonemes,
+        transcript=files.transcript,
+        out_mp4=out_mp4,
+        out_vtt=out_dir / "captions.vtt",
+        video=settings,
+        progress=False,
     )
     return out_mp4, summary, settings
 
@@ -260,20 +304,21 @@ def test_presenter_frames_are_in_sync(landscape, story_files):
     centre_x, centre_y = x + round(width * 0.225), y + round(height * 0.225)
     speech_frames = math.ceil(story_files.duration * fps - 1e-6)
     for k in range(0, speech_frames - 1):
-        value = frames[intro_frames + k, centre_y - 1:centre_y + 2, centre_x - 1:centre_x + 2]
+        value = frames[intro_frames + k, centre_y - 1 : centre_y + 2, centre_x - 1 : centre_x + 2]
         assert (value.mean() > 128) == (k % 2 == 0), f"presenter frame {k}"
 
 
 def test_presenter_at_half_the_video_rate(story_files, tmp_path):
     """Presenter frames rendered at 15 fps in a 30 fps video: each one is shown twice."""
-    out_mp4, _, settings = run_compose(story_files, tmp_path, fps=30, presenter_fps=15,
-                                       intro_seconds=0.5, outro_seconds=0)
+    out_mp4, _, settings = run_compose(
+        story_files, tmp_path, fps=30, presenter_fps=15, intro_seconds=0.5, outro_seconds=0
+    )
     frames = decoded_frames(out_mp4)
     x, y, width, height = Layout.create(320, 180, "landscape", (96, 96)).panel
     centre_x, centre_y = x + round(width * 0.225), y + round(height * 0.225)
     intro_frames = 15
     for n in range(len(frames) - intro_frames - 1):
-        value = frames[intro_frames + n, centre_y - 1:centre_y + 2, centre_x - 1:centre_x + 2]
+        value = frames[intro_frames + n, centre_y - 1 : centre_y + 2, centre_x - 1 : centre_x + 2]
         assert (value.mean() > 128) == ((n // 2) % 2 == 0), f"video frame {n} of the speech"
 
 
@@ -331,8 +376,15 @@ def test_vtt_matches_the_video_timeline(landscape, story_files):
 
 
 def test_portrait_layout(story_files, tmp_path):
-    out_mp4, summary, _ = run_compose(story_files, tmp_path, width=180, height=320,
-                                      layout="portrait", intro_seconds=0.4, outro_seconds=0.4)
+    out_mp4, summary, _ = run_compose(
+        story_files,
+        tmp_path,
+        width=180,
+        height=320,
+        layout="portrait",
+        intro_seconds=0.4,
+        outro_seconds=0.4,
+    )
     video = probe_streams(out_mp4)[0]
     assert video["size"] == (180, 320)
     assert video["size"][0] * 16 == video["size"][1] * 9
@@ -343,8 +395,9 @@ def test_portrait_layout(story_files, tmp_path):
 
 
 def test_no_intro_or_outro(story_files, tmp_path):
-    out_mp4, summary, settings = run_compose(story_files, tmp_path, intro_seconds=0,
-                                             outro_seconds=0)
+    out_mp4, summary, settings = run_compose(
+        story_files, tmp_path, intro_seconds=0, outro_seconds=0
+    )
     assert summary["frames"] == math.ceil(story_files.duration * settings["fps"] - 1e-6)
     assert abs(decoded_audio(out_mp4).size / AUDIO_RATE - summary["duration"]) <= 1 / 15
 
@@ -371,11 +424,17 @@ def test_missing_ffmpeg_binary_is_a_clear_error(story_files, tmp_path):
         find_ffmpeg(str(missing))
     with pytest.raises(ComposeError, match="ffmpeg binary"):
         compose(
-            story=story_files.story, story_dir=story_files.story_dir,
-            frame_dirs=story_files.frame_dirs, wav=story_files.wav,
-            phonemes=story_files.phonemes, transcript=story_files.transcript,
-            out_mp4=tmp_path / "v.mp4", out_vtt=tmp_path / "v.vtt",
-            video={"width": 320, "height": 180, "fps": 15}, ffmpeg=str(missing), progress=False,
+            story=story_files.story,
+            story_dir=story_files.story_dir,
+            frame_dirs=story_files.frame_dirs,
+            wav=story_files.wav,
+            phonemes=story_files.phonemes,
+            transcript=story_files.transcript,
+            out_mp4=tmp_path / "v.mp4",
+            out_vtt=tmp_path / "v.vtt",
+            video={"width": 320, "height": 180, "fps": 15},
+            ffmpeg=str(missing),
+            progress=False,
         )
     assert not (tmp_path / "v.mp4").exists()
 
@@ -393,10 +452,15 @@ def test_missing_presenter_frames_are_named(story_files, tmp_path):
         (partial / path.name).write_bytes(path.read_bytes())
     with pytest.raises(ComposeError, match="presenter frames: .* missing .*frame 5"):
         compose(
-            story=story_files.story, story_dir=story_files.story_dir, frame_dirs=[partial],
-            wav=story_files.wav, phonemes=story_files.phonemes,
-            transcript=story_files.transcript, out_mp4=tmp_path / "v.mp4",
-            out_vtt=tmp_path / "v.vtt", video={"width": 320, "height": 180, "fps": 15},
+            story=story_files.story,
+            story_dir=story_files.story_dir,
+            frame_dirs=[partial],
+            wav=story_files.wav,
+            phonemes=story_files.phonemes,
+            transcript=story_files.transcript,
+            out_mp4=tmp_path / "v.mp4",
+            out_vtt=tmp_path / "v.vtt",
+            video={"width": 320, "height": 180, "fps": 15},
             progress=False,
         )
 
@@ -424,7 +488,7 @@ def test_subtract_rects_tiles_the_area_around_the_holes():
         covered[y0:y1, x0:x1] += 1
     expected = np.ones((30, 40), int)
     for x0, y0, x1, y1 in holes:
-        expected[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 0
+        expected[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 0
     np.testing.assert_array_equal(covered, expected)  # each visible pixel exactly once
     assert subtract_rects(area, []) == [area]
 
@@ -438,8 +502,7 @@ def test_presenter_frames_read_ahead_match_direct_reads(story_files, tmp_path):
     try:
         asked = planned[:10] + planned[14:30] + [planned[3]] + planned[30:]  # skips, one back
         for speech_time in asked:
-            np.testing.assert_array_equal(ahead.at(speech_time, size),
-                                          direct.at(speech_time, size))
+            np.testing.assert_array_equal(ahead.at(speech_time, size), direct.at(speech_time, size))
         np.testing.assert_array_equal(ahead.at(0.5, (64, 80)), direct.at(0.5, (64, 80)))
     finally:
         ahead.close()

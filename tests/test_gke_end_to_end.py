@@ -212,8 +212,11 @@ def test_render_compose_and_preview_share_one_pod(cluster, published):
 
 def test_no_frame_reaches_gcs(cluster, published):
     work_objects = cluster.objects("work")
-    assert not [name for name in work_objects if "/frames/" in name or name.endswith(".png")
-                and "frame-" in name]
+    assert not [
+        name
+        for name in work_objects
+        if "/frames/" in name or name.endswith(".png") and "frame-" in name
+    ]
     # What did go through: the sources, and each story's small files, the video and preview.
     for story in STORIES:
         assert any(name.endswith(f"stories/{story}/final.mp4") for name in work_objects)
@@ -236,17 +239,17 @@ def test_no_pod_asks_for_a_gpu(cluster, published):
     for pod in cluster.server.pod_records:
         assert "nvidia.com/gpu" not in json.dumps(pod.resources)
         assert pod.node != "gpu-node"
-        assert not pod.tolerations or all(
-            t.get("key") != "nvidia.com/gpu" for t in pod.tolerations
-        )
+        assert not pod.tolerations or all(t.get("key") != "nvidia.com/gpu" for t in pod.tolerations)
 
 
 def test_stories_ran_side_by_side(cluster, published):
     pods = [p for story in STORIES for p in story_pods(cluster, story)]
     assert {pod.node for pod in pods} == {"cpu-node-1", "cpu-node-2"}
     # The two stories' first steps were submitted together, not one story after the other.
-    first = {story: min(p.pod["metadata"]["creationTimestamp"] for p in story_pods(cluster, story))
-             for story in STORIES}
+    first = {
+        story: min(p.pod["metadata"]["creationTimestamp"] for p in story_pods(cluster, story))
+        for story in STORIES
+    }
     last_init = max(
         p.pod["metadata"]["creationTimestamp"]
         for p in cluster.server.pod_records

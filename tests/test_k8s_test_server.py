@@ -255,9 +255,7 @@ def test_invalid_objects_are_rejected_with_422(api: Api):
 
     no_restart_policy = job_body("policy", python_container("pass"))
     no_restart_policy.spec.template.spec.restart_policy = None
-    error, status = api_error(
-        lambda: api.batch.create_namespaced_job(NAMESPACE, no_restart_policy)
-    )
+    error, status = api_error(lambda: api.batch.create_namespaced_job(NAMESPACE, no_restart_policy))
     assert error.status == 422
     assert status["message"] == (
         'Job.batch "policy" is invalid: spec.template.spec.restartPolicy: Unsupported value: '
@@ -624,18 +622,14 @@ def test_the_upstream_plugins_calls_round_trip(api: Api, k8s_server: K8sTestServ
     options = k8s.V1DeleteOptions()
     for pod in api.core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={jobid}").items:
         api.core.delete_namespaced_pod(pod.metadata.name, NAMESPACE, body=options)
-    api.batch.delete_namespaced_job(
-        jobid, NAMESPACE, propagation_policy="Foreground", body=options
-    )
+    api.batch.delete_namespaced_job(jobid, NAMESPACE, propagation_policy="Foreground", body=options)
     api.core.delete_namespaced_secret(run_namespace, NAMESPACE, body=options)
     wait_until(lambda: not api.batch.list_namespaced_job(NAMESPACE).items)
     assert api.core.list_namespaced_pod(NAMESPACE).items == []
     assert api.core.list_namespaced_secret(NAMESPACE).items == []
 
 
-def test_selectors_kubeconfig_and_mount_translation(
-    api: Api, k8s_server: K8sTestServer, tmp_path
-):
+def test_selectors_kubeconfig_and_mount_translation(api: Api, k8s_server: K8sTestServer, tmp_path):
     show_mounts = (
         "import json, os; print(os.environ['K8S_TEST_NODE'], "
         "json.loads(os.environ['K8S_TEST_MOUNTS'])['/cache'] == os.path.realpath('.'))"

@@ -14,8 +14,14 @@ from storyreel.presenter import detect_reference, inter_ocular_distance
 
 def inside(points: np.ndarray, box) -> bool:
     x0, y0, x1, y1 = box
-    return bool(np.all((points[:, 0] >= x0) & (points[:, 0] <= x1)
-                       & (points[:, 1] >= y0) & (points[:, 1] <= y1)))
+    return bool(
+        np.all(
+            (points[:, 0] >= x0)
+            & (points[:, 0] <= x1)
+            & (points[:, 1] >= y0)
+            & (points[:, 1] <= y1)
+        )
+    )
 
 
 def grown(box, fraction: float):

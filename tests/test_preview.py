@@ -21,9 +21,16 @@ def visemes_for(phonemes: dict) -> dict:
     return {
         "fps": 15,
         "frames": 0,
-        "visemes": [{"viseme": phone["phone"], "start": phone["start"], "end": phone["end"],
-                     "phone": phone["phone"], "word": phone["word"]}
-                    for phone in phonemes["phones"]],
+        "visemes": [
+            {
+                "viseme": phone["phone"],
+                "start": phone["start"],
+                "end": phone["end"],
+                "phone": phone["phone"],
+                "word": phone["word"],
+            }
+            for phone in phonemes["phones"]
+        ],
         "blinks": [0.5, 2.0],
     }
 
@@ -33,8 +40,12 @@ def test_preview_sheet_with_everything(story_files, tmp_path):
     frames = math.ceil(story_files.duration * fps - 1e-6)
     mouth = (np.sin(np.arange(frames) / 2) + 1) / 2
     out = make_preview(
-        frame_dirs=story_files.frame_dirs, wav=story_files.wav, phonemes=story_files.phonemes,
-        visemes=visemes_for(story_files.phonemes), mouth_open=mouth, fps=fps,
+        frame_dirs=story_files.frame_dirs,
+        wav=story_files.wav,
+        phonemes=story_files.phonemes,
+        visemes=visemes_for(story_files.phonemes),
+        mouth_open=mouth,
+        fps=fps,
         out_png=tmp_path / "preview" / "sheet.png",
     )
     with Image.open(out) as sheet:
@@ -50,9 +61,15 @@ def test_preview_sheet_with_everything(story_files, tmp_path):
 
 def test_preview_without_animation_data(story_files, tmp_path):
     out = make_preview(
-        frame_dirs=story_files.frame_dirs, wav=story_files.wav, phonemes=story_files.phonemes,
-        visemes=None, mouth_open=None, fps=story_files.fps, out_png=tmp_path / "sheet.png",
-        columns=4, rows=2,
+        frame_dirs=story_files.frame_dirs,
+        wav=story_files.wav,
+        phonemes=story_files.phonemes,
+        visemes=None,
+        mouth_open=None,
+        fps=story_files.fps,
+        out_png=tmp_path / "sheet.png",
+        columns=4,
+        rows=2,
     )
     with Image.open(out) as sheet:
         assert sheet.width == SHEET_WIDTH

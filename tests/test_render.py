@@ -97,8 +97,11 @@ def write_inputs(folder: Path, image: np.ndarray, reference: np.ndarray, frames:
     )
     height, width = image.shape[:2]
     reference_json = {
-        "presenter": "astronaut", "width": width, "height": height,
-        "points": reference.tolist(), "faces_found": 1,
+        "presenter": "astronaut",
+        "width": width,
+        "height": height,
+        "points": reference.tolist(),
+        "faces_found": 1,
     }
     (folder / "reference.json").write_text(json.dumps(reference_json), encoding="utf-8")
     return folder / "presenter.png", reference_json, folder / "frames.npz"
@@ -119,10 +122,18 @@ def test_shards_write_every_frame_once_at_the_presenter_size(portrait, tmp_path)
     written, counts = [], []
     for shard in range(3):
         out_dir = tmp_path / "frames" / f"shard-{shard}"
-        counts.append(render_shard(
-            "warp", presenter_png, reference_json, frames_npz, out_dir,
-            shard=shard, shards=3, progress=False,
-        ))
+        counts.append(
+            render_shard(
+                "warp",
+                presenter_png,
+                reference_json,
+                frames_npz,
+                out_dir,
+                shard=shard,
+                shards=3,
+                progress=False,
+            )
+        )
         names = sorted(path.name for path in out_dir.iterdir())
         assert names == [f"frame-{k:06d}.png" for k in shard_frames(23, shard, 3)]
         written += names
@@ -167,8 +178,14 @@ def test_pixels_far_from_the_face_do_not_move(portrait, tmp_path):
     frames = np.stack([mouth_pose(reference, 0.5, head=(4, -3))])
     presenter_png, reference_json, frames_npz = write_inputs(tmp_path, image, reference, frames)
     render_shard(
-        "warp", presenter_png, reference_json, frames_npz, tmp_path / "out",
-        shard=0, shards=1, progress=False,
+        "warp",
+        presenter_png,
+        reference_json,
+        frames_npz,
+        tmp_path / "out",
+        shard=0,
+        shards=1,
+        progress=False,
     )
     frame = read_rgb(tmp_path / "out" / "frame-000000.png")
 
@@ -196,6 +213,12 @@ def test_unknown_backend_names_the_config_key(portrait, tmp_path):
     )
     with pytest.raises(ValueError, match=r"render\.backend"):
         render_shard(
-            "nerf", presenter_png, reference_json, frames_npz, tmp_path / "out",
-            shard=0, shards=1, progress=False,
+            "nerf",
+            presenter_png,
+            reference_json,
+            frames_npz,
+            tmp_path / "out",
+            shard=0,
+            shards=1,
+            progress=False,
         )

@@ -39,8 +39,10 @@ __all__ = [
 # matching encodes a presenter frame 1.5-1.8x faster than libpng's adaptive filtering, and the
 # file is no larger (512x512: 17 vs 30 ms, 442 vs 463 KB).
 PNG_SPEED_OPTIONS = [
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_UP,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
 ]
 
 # name -> "module:class"; a new backend is one line here plus its module.
@@ -143,8 +145,11 @@ def render_shard(
     params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression), *PNG_SPEED_OPTIONS]
     pending: deque[Future] = deque()
     bar = tqdm(
-        total=len(frames), desc=f"render {backend} shard {shard + 1}/{shards}", unit="frame",
-        file=sys.stderr, disable=not progress,
+        total=len(frames),
+        desc=f"render {backend} shard {shard + 1}/{shards}",
+        unit="frame",
+        file=sys.stderr,
+        disable=not progress,
     )
     setup_s = time.perf_counter() - started
     render_s = 0.0
@@ -166,7 +171,12 @@ def render_shard(
     # Where the time went: the rest of the wall time is waiting for the PNG writers.
     log.info(
         "%d frames in %.2f s (%.1f fps): setup %.2f s, %s %.2f s, waiting for PNG writes %.2f s",
-        len(frames), total_s, len(frames) / total_s if total_s else 0.0, setup_s, backend,
-        render_s, total_s - setup_s - render_s,
+        len(frames),
+        total_s,
+        len(frames) / total_s if total_s else 0.0,
+        setup_s,
+        backend,
+        render_s,
+        total_s - setup_s - render_s,
     )
     return len(frames)

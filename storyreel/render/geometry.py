@@ -62,8 +62,13 @@ def curve_weights(chain: list[int], per_segment: int, *, ends: bool = True) -> n
         for step in range(0 if ends else 1, per_segment):
             t = step / per_segment
             rows.append(
-                0.5 * ((-t**3 + 2 * t**2 - t) * p0 + (3 * t**3 - 5 * t**2 + 2) * p1
-                       + (-3 * t**3 + 4 * t**2 + t) * p2 + (t**3 - t**2) * p3)
+                0.5
+                * (
+                    (-(t**3) + 2 * t**2 - t) * p0
+                    + (3 * t**3 - 5 * t**2 + 2) * p1
+                    + (-3 * t**3 + 4 * t**2 + t) * p2
+                    + (t**3 - t**2) * p3
+                )
             )
     if ends:
         rows.append(last)

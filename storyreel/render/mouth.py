@@ -187,7 +187,10 @@ class MouthPainter:
                 + source_v[..., None] * self.axes.down
             ).astype(np.float32)
             colour = cv2.remap(
-                self.presenter, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
+                self.presenter,
+                source[..., 0],
+                source[..., 1],
+                cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_REPLICATE,
             ).astype(np.float64)
             return colour, 0.92 * np.maximum(ref_lower - ref_upper, 0) / scale

@@ -79,8 +79,9 @@ def derived_points() -> tuple[np.ndarray, list[list[int]]]:
                 next_index += 1
         loops.append(loop)
     identity = np.eye(N_LANDMARKS)
-    weights.append([(1 - CREASE_RISE) * identity[lid] + CREASE_RISE * identity[brow]
-                    for lid, brow in CREASES])
+    weights.append(
+        [(1 - CREASE_RISE) * identity[lid] + CREASE_RISE * identity[brow] for lid, brow in CREASES]
+    )
     return np.vstack(weights), loops
 
 
@@ -341,9 +342,11 @@ class WarpBackend(RenderBackend):
         # Fixed-point maps: converting first and remapping is faster than remapping floats.
         map_xy, map_fraction = cv2.convertMaps(*self.backward_map(points), cv2.CV_16SC2)
         frame[self._box] = cv2.remap(
-            self.presenter, map_xy, map_fraction, self.interpolation,
+            self.presenter,
+            map_xy,
+            map_fraction,
+            self.interpolation,
             borderMode=cv2.BORDER_REPLICATE,
         )
         self._mouth.paint(frame, points)
         return frame
-
