@@ -32,7 +32,13 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)
+# torch for the tests of the GPU backends, kept out of `make demo`'s install.
+ML_STAMP := $(VENV)/.installed-ml
+$(ML_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[ml]"
+	touch $@
+
+test: $(STAMP) $(ML_STAMP) $(CHROMIUM)
 	$(BIN)/pytest
 
 lint: $(STAMP)
