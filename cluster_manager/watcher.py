@@ -38,6 +38,10 @@ from cluster_manager.submit import absolute_image_paths
 from storyreel.storage import is_gcs_uri, parse_gcs_uri, storage_client
 from storyreel.story import StoryError, check_story_id, parse_story
 
+# Deliveries of one version of a story, per allowed attempt, before it is given up even though
+# no run of it ever failed (it keeps coming back unsettled).
+UNSETTLED_DELIVERIES = 3
+
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # how often the main loop refreshes the gauges
@@ -272,11 +276,20 @@ class Watcher:
         if self.stop.is_set():
             delivery.nack()
             return
+        # Failed runs are counted in the status record. Pub/Sub's delivery count is no failure
+        # count (a nack at shutdown and a lease lost with a killed watcher add to it); it only
+        # stops a message that keeps coming back without ever being settled.
         earlier = int(record.get("attempts") or 0) if same else 0
-        attempt = delivery.delivery_attempt or earlier + 1
+        attempt = earlier + 1
+        deliveries = delivery.delivery_attempt or 0
         if attempt > config.max_attempts:
             last = f"; the last: {record['reason']}" if same and record.get("reason") else ""
-            self._give_up(delivery, story_id, data_digest, earlier, f"{attempt - 1} attempts{last}")
+            self._give_up(delivery, story_id, data_digest, earlier, f"{earlier} attempts{last}")
+            return
+        if deliveries > UNSETTLED_DELIVERIES * config.max_attempts:
+            self._give_up(
+                delivery, story_id, data_digest, earlier, f"{deliveries} deliveries never settled"
+            )
             return
         self._write_story(story_id, delivery)
         running = new_record(story_id, "running", data_digest, attempts=attempt, render_again=force)

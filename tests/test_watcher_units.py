@@ -866,10 +866,19 @@ def test_a_story_out_of_attempts_is_given_up_without_a_run(idle_watcher):
     assert how == "dead_letter"
     assert reason.startswith("gave up after 3 attempts; the last: attempt 3 failed: boom")
     assert read_status(idle_watcher.config, "council")["state"] == "failed"
-    # Pub/Sub's own count decides where it is known.
-    counted = RecordedDelivery(GOOD, delivery_attempt=4)
-    idle_watcher.handle(counted)
-    assert counted.settled[0][0] == "dead_letter"
+
+
+def test_pubsub_deliveries_are_no_failure_count(idle_watcher):
+    # Redelivered after shutdown nacks or a killed watcher: no run of it has failed yet.
+    redelivered = RecordedDelivery(GOOD, delivery_attempt=4)
+    idle_watcher.handle(redelivered)
+    assert redelivered.settled == [("nack",)]  # it ran (and failed: no snakemake here)
+    assert read_status(idle_watcher.config, "council")["attempts"] == 1
+    # A message that keeps coming back unsettled is given up all the same.
+    endless = RecordedDelivery(GOOD, delivery_attempt=3 * 3 + 1)
+    idle_watcher.handle(endless)
+    ((how, reason),) = endless.settled
+    assert how == "dead_letter" and reason == "gave up after 10 deliveries never settled"
 
 
 def test_a_run_that_cannot_start_is_a_failed_attempt(idle_watcher):
