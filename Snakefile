@@ -19,6 +19,7 @@ include: "rules/timing.smk"
 include: "rules/presenter.smk"
 include: "rules/video.smk"
 include: "rules/publish.smk"
+include: "rules/training.smk"
 
 
 rule all:

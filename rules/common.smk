@@ -56,7 +56,9 @@ def step_benchmark(step):
 
 # The chosen output format (size, fps, layout) merged with the encoder settings.
 VIDEO = video_settings(config)
-SHARDS = list(range(config["render"]["shards"]))
+# Render shards run side by side on the CPU cores. A GPU render is one shard: the pod has one
+# GPU, which the batched generator keeps busy on its own (shards would only contend for it).
+SHARDS = list(range(1 if config["render"]["backend"] == "pix2pixhd" else config["render"]["shards"]))
 
 
 def image(family):
@@ -72,6 +74,20 @@ def image(family):
 # render, compose and preview of a story run together, on a cluster in one pod (one Kubernetes
 # Job, the image family "video"): the frames stay on that pod's disk.
 VIDEO_GROUP = "video"
+# With render.backend pix2pixhd, render runs a generator on a GPU: the group's pod then asks for
+# one, and all three steps run in the image family that adds torch to "video".
+RENDER_ON_GPU = config["render"]["backend"] == "pix2pixhd"
+VIDEO_FAMILY = "video-gpu" if RENDER_ON_GPU else "video"
+RENDER_ENV = "../envs/video-gpu.yaml" if RENDER_ON_GPU else "../envs/face.yaml"
+RENDER_GPU = (
+    {
+        "gpu": 1,
+        "gpu_manufacturer": "nvidia",
+        "gpu_model": config["render"]["pix2pixhd"]["gpu_model"],
+    }
+    if RENDER_ON_GPU
+    else {}
+)
 # The disk (resource disk_mb, the pod's ephemeral-storage request) of that group. A group asks
 # for the most that any of its steps asks for, summed over steps running side by side.
 VIDEO_GROUP_DISK_MB = config["containers"]["video_disk_mb"]

@@ -66,15 +66,16 @@ rule render:
     benchmark:
         f"{STORIES}/{{story}}/benchmarks/render-{{shard}}.tsv"
     conda:
-        "../envs/face.yaml"
+        RENDER_ENV
     container:
         # The group's image: the video image also carries the face packages render needs.
-        image("video")
+        image(VIDEO_FAMILY)
     group:
         VIDEO_GROUP
     resources:
-        container_image=image("video"),
+        container_image=image(VIDEO_FAMILY),
         # The shards run side by side: together they may fill the group's disk.
         disk_mb=VIDEO_GROUP_DISK_MB // len(SHARDS),
+        **RENDER_GPU,
     script:
         "../scripts/render.py"

@@ -21,11 +21,11 @@ rule compose:
     conda:
         "../envs/video.yaml"
     container:
-        image("video")
+        image(VIDEO_FAMILY)
     group:
         VIDEO_GROUP
     resources:
-        container_image=image("video"),
+        container_image=image(VIDEO_FAMILY),
         # All frames, the news images and the video at once: the group pod's whole disk.
         disk_mb=VIDEO_GROUP_DISK_MB,
     script:
@@ -50,10 +50,10 @@ rule preview:
     conda:
         "../envs/video.yaml"
     container:
-        image("video")
+        image(VIDEO_FAMILY)
     group:
         VIDEO_GROUP
     resources:
-        container_image=image("video"),
+        container_image=image(VIDEO_FAMILY),
     script:
         "../scripts/preview.py"

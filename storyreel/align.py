@@ -7,8 +7,9 @@ pocketsphinx reject the whole utterance), only that sentence is lost. Each sente
 two passes: a word-level pass over the sentence's word graph, then a phone-level pass
 (``set_alignment``) that yields the phone durations.
 
-``align`` is a plain function of (wav, transcript, speech), so a gentle server or any
-other backend producing the same dict can replace it.
+``align`` is a plain function of (wav, transcript, speech). ``align_with_backend`` picks the
+aligner named by ``align.backend`` in config.yaml: this one, or a gentle server
+(``storyreel.gentle``), which produces the same dict.
 """
 
 from __future__ import annotations
@@ -59,6 +60,34 @@ class AlignedWord:
     start: float
     end: float
     phones: list[tuple[str, float]]
+
+
+BACKENDS = ("pocketsphinx", "gentle")
+
+
+def align_with_backend(
+    wav_path: str | os.PathLike, transcript: dict, speech: dict, settings: dict
+) -> dict:
+    """The ``alignment.json`` dict from the aligner ``settings["backend"]`` names.
+
+    ``settings`` is config.yaml's ``align`` section.
+    """
+    backend = settings.get("backend", "pocketsphinx")
+    if backend == "pocketsphinx":
+        return align(
+            wav_path,
+            transcript,
+            speech,
+            padding=settings.get("sentence_padding", SPAN_PADDING_SECONDS),
+        )
+    if backend == "gentle":
+        from storyreel import gentle
+
+        # gentle aligns the whole recording at once; it needs no sentence spans.
+        return gentle.align(
+            wav_path, transcript, gentle.GentleSettings.from_config(settings.get("gentle"))
+        )
+    raise ValueError(f"align.backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 def align(

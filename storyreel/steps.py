@@ -159,20 +159,13 @@ def synthesise_speech(
 
 def align_speech(*, wav: str, transcript: str, speech: str, alignment: str, align: dict) -> dict:
     """Measure word and phone timings in the audio (gentle's alignment.json format)."""
-    from storyreel.align import align as align_words
+    from storyreel.align import align_with_backend
 
-    options = _align_options(align)
-    result = align_words(Path(wav), read_json(transcript), read_json(speech), **options)
+    result = align_with_backend(Path(wav), read_json(transcript), read_json(speech), align)
     write_json(alignment, result)
     found = sum(word["case"] == "success" for word in result["words"])
     log.info("aligned %d of %d words", found, len(result["words"]))
     return result
-
-
-def _align_options(align: dict) -> dict:
-    if align["backend"] != "pocketsphinx":
-        raise StoryError(f"align.backend {align['backend']!r} is not available")
-    return {"padding": align.get("sentence_padding", 0.15)}
 
 
 def make_phonemes(
@@ -250,8 +243,9 @@ def render_presenter(
     """One shard of the presenter frames (frames/shard-{i}/frame-{k:06d}.png)."""
     from storyreel.render import render_shard
 
+    backend = render["backend"]
     return render_shard(
-        render["backend"],
+        backend,
         Path(presenter_png),
         read_json(reference),
         Path(frames_npz),
@@ -259,6 +253,8 @@ def render_presenter(
         shard=int(shard),
         shards=render["shards"],
         png_compression=render.get("png_compression", 1),
+        # The chosen backend's own section (render.pix2pixhd: checkpoint, size, ...), if any.
+        **(render.get(backend) or {}),
     )
 
 

@@ -62,7 +62,7 @@ EXECUTOR_PERMISSIONS = {
 EXECUTOR_COMMANDS = {("kubectl", "get", "nodes")}
 
 # Image families whose image also carries another family's packages.
-IMAGE_ENVS = {"video": ["face", "video"]}
+IMAGE_ENVS = {"video": ["face", "video"], "video-gpu": ["face", "video", "video-gpu"]}
 
 # pip options that take a value (the value is not a requirement).
 PIP_VALUE_OPTIONS = {
@@ -114,6 +114,8 @@ def only(kind: str) -> dict:
 def test_the_manifests_a_newsroom_applies_are_there():
     kinds = sorted((name, document["kind"]) for name, document in MANIFESTS)
     assert kinds == [
+        ("gentle.yaml", "Deployment"),
+        ("gentle.yaml", "Service"),
         ("namespace.yaml", "Namespace"),
         ("rbac.yaml", "Role"),
         ("rbac.yaml", "RoleBinding"),
@@ -400,7 +402,7 @@ def test_nodepools_script_lists_the_manifests_to_apply():
     result = run_nodepools(DRY_RUN="1", PROJECT="newsroom", LOCATION="us-central1")
     named = re.findall(r"deploy/gke/[\w.-]+", result.stdout)
     assert named == ["deploy/gke/namespace.yaml", "deploy/gke/serviceaccount.yaml",
-                     "deploy/gke/rbac.yaml"]  # fmt: skip
+                     "deploy/gke/rbac.yaml", "deploy/gke/gentle.yaml"]  # fmt: skip
     assert {name for name, _ in MANIFESTS} == {Path(path).name for path in named}
 
 

@@ -124,4 +124,6 @@ cat <<EOF
 Then, once, with kubectl pointed at the cluster:
   kubectl apply -f deploy/gke/namespace.yaml
   kubectl apply -f deploy/gke/serviceaccount.yaml -f deploy/gke/rbac.yaml
+and, only with align.backend: gentle (it keeps a CPU node up while it runs):
+  kubectl apply -f deploy/gke/gentle.yaml
 EOF

@@ -48,6 +48,7 @@ PNG_SPEED_OPTIONS = [
 # name -> "module:class"; a new backend is one line here plus its module.
 BACKENDS = {
     "warp": "storyreel.render.warp:WarpBackend",
+    "pix2pixhd": "storyreel.render.pix2pixhd:Pix2PixHDBackend",
 }
 
 
@@ -153,15 +154,22 @@ def render_shard(
     )
     setup_s = time.perf_counter() - started
     render_s = 0.0
+    # A backend with render_batch (a neural one) gets batch_size frames per call.
+    batch_size = max(1, int(getattr(renderer, "batch_size", 1)))
     with bar, ThreadPoolExecutor(max_workers=max(1, writer_threads)) as writers:
-        for k in frames:
+        for start in range(frames.start, frames.stop, batch_size):
+            batch = range(start, min(start + batch_size, frames.stop))
             tick = time.perf_counter()
-            image = renderer.render(all_points[k])
+            if hasattr(renderer, "render_batch"):
+                images = renderer.render_batch(all_points[batch.start : batch.stop])
+            else:
+                images = [renderer.render(all_points[k]) for k in batch]
             render_s += time.perf_counter() - tick
-            path = out_dir / f"frame-{k:06d}.png"
-            pending.append(writers.submit(_write_png, path, image, params))
+            for k, image in zip(batch, images, strict=True):
+                path = out_dir / f"frame-{k:06d}.png"
+                pending.append(writers.submit(_write_png, path, image, params))
             # Bound the frames in flight; .result() also re-raises a failed write here.
-            while len(pending) > 2 * max(1, writer_threads):
+            while len(pending) > 2 * max(1, writer_threads) + batch_size:
                 pending.popleft().result()
                 bar.update()
         while pending:
