@@ -42,6 +42,7 @@ from functools import cache
 
 import pytest
 from aiohttp import web
+from threaded_http_server import ThreadedHttpServer
 
 # gentle's word rule (metasentence.py): word characters, with apostrophes inside words.
 GENTLE_WORD = re.compile(r"(?:\w|\u2019\w|'\w)+")
@@ -145,24 +146,19 @@ def scripted_alignment(script: Script, text: str, duration: float) -> dict:
     return {"transcript": text, "words": words}
 
 
-class GentleTestServer:
+class GentleTestServer(ThreadedHttpServer):
+    name = "gentle test server"
+    runner_options = {"shutdown_timeout": 1.0}
+
     def __init__(self, script: Script | None = None, *, port: int = 0):
+        super().__init__(port=port)
         self.script = script or Script()
         self.received: list[ReceivedRequest] = []
-        self.port = port
         self._failure: _Failure | None = None
         self._hang_s: float | None = None
         self._raw: tuple[int, str, str] | None = None
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._released: asyncio.Event | None = None
-        self._startup_error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # ---- what the next answers are
 
@@ -183,63 +179,16 @@ class GentleTestServer:
 
     # ---- lifecycle
 
-    def start(self) -> GentleTestServer:
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="gentle-test-server", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(timeout=30) or self._startup_error is not None:
-            raise RuntimeError("the gentle test server did not start") from self._startup_error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        self._thread = None
-
-    def __enter__(self) -> GentleTestServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._start_http())
-        except BaseException as error:  # reported to start() in the calling thread
-            self._startup_error = error
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    async def _start_http(self) -> None:
+    async def _make_app(self) -> web.Application:
         self._released = asyncio.Event()
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.add_routes(
             [web.get("/", self._index), web.post("/transcriptions", self._transcriptions)]
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
-    async def _shutdown(self) -> None:
+    async def _before_shutdown(self) -> None:
         self._released.set()  # end any hanging answer
-        await self._runner.cleanup()
 
     # ---- handlers
 

@@ -118,7 +118,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -133,6 +132,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from aiohttp import web
+from threaded_http_server import ThreadedHttpServer
 
 __all__ = [
     "DEFAULT_NODES",
@@ -875,7 +875,7 @@ class PodRecord:
 # The server
 
 
-class K8sTestServer:
+class K8sTestServer(ThreadedHttpServer):
     """The API server and its simulated controllers, scheduler and kubelets, on one event loop.
 
     All state lives on the server's event loop thread; the public methods hand their work to it,
@@ -896,6 +896,7 @@ class K8sTestServer:
         image_pull_backoff_s: float = 0.3,
         port: int = 0,
     ):
+        super().__init__(port=port)
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="k8s-test-server-")) if root is None else root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -905,8 +906,6 @@ class K8sTestServer:
         self.max_termination_grace_s = max_termination_grace_s
         self.restart_backoff_s = restart_backoff_s
         self.image_pull_backoff_s = image_pull_backoff_s
-        self._requested_port = port
-        self.port = 0
         self._unpullable = set(unpullable_images)
         self._nodes: dict[str, SimulatedNode] = {}
         self._store: dict[_Kind, dict[tuple[str, str], dict[str, Any]]] = {
@@ -921,79 +920,30 @@ class K8sTestServer:
         self._job_finished: dict[str, float] = {}  # job uid -> monotonic end
         self._tasks: set[asyncio.Task] = set()
         self._reconcile_pending = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._startup_error: BaseException | None = None
         for node in nodes:
             self._add_node(copy.deepcopy(node))
 
     # ---- lifecycle
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> K8sTestServer:
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="k8s-test-server", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(timeout=30):
-            raise RuntimeError("the Kubernetes test server did not start")
-        if self._startup_error is not None:
-            raise RuntimeError("the Kubernetes test server did not start") from self._startup_error
-        return self
+    name = "Kubernetes test server"
 
     def stop(self) -> None:
         """Kill every pod's processes, close the HTTP server and end the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        self._thread = None
+        super().stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> K8sTestServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._start_http())
-        except BaseException as error:  # reported to start() in the calling thread
-            self._startup_error = error
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    async def _start_http(self) -> None:
+    async def _make_app(self) -> web.Application:
         app = web.Application(
             middlewares=[self._status_middleware], client_max_size=MAX_REQUEST_BYTES
         )
         app.add_routes(self._routes())
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
+
+    async def _after_start(self) -> None:
         self._spawn(self._tick())
 
-    async def _shutdown(self) -> None:
+    async def _before_shutdown(self) -> None:
         for run in self._runs.values():
             run.stopping = True
             for process in run.processes():
@@ -1006,8 +956,6 @@ class K8sTestServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def _spawn(self, coroutine: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
