@@ -101,10 +101,19 @@ def published_uri(record: dict) -> str | None:
     return record.get("destination")
 
 
+# How a run is asked to stop: on SIGINT Snakemake cancels its running jobs and marks them
+# incomplete. (Its SIGTERM handler instead waits for them to finish, and takes the scheduler's
+# lock inside the handler, which deadlocks when the signal lands while the lock is held.)
+STOP_SIGNAL = signal.SIGINT
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # A watcher started in the background by a shell ignores SIGINT, and its children would
+    # inherit that: Snakemake must get the default, which Python turns into KeyboardInterrupt.
+    signal.signal(STOP_SIGNAL, signal.SIG_DFL)
     # Linux sends the signal when the thread that forked the child ends; the worker thread
     # waits for its run, so that is when the watcher dies.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, STOP_SIGNAL, 0, 0, 0)
 
 
 class Runner:
@@ -169,13 +178,13 @@ class Runner:
     def stop_leftover_runs(self) -> None:
         """Stop runs in this workdir that an earlier watcher started and did not see end.
 
-        A watcher killed outright leaves its Snakemake processes finishing their current jobs
-        (they got SIGTERM from the kernel); a new run of the same story must not start beside
-        them. Our runs are found by their command line and by leading their own session.
+        A watcher killed outright leaves its Snakemake processes stopping (they got the stop
+        signal from the kernel); a new run of the same story must not start beside them. Our
+        runs are found by their command line and by leading their own session.
         """
         for group in self._leftover_runs():
             log.warning("stopping a Snakemake run left by an earlier watcher (pid %d)", group)
-            _signal_group(group, signal.SIGTERM)
+            _signal_group(group, STOP_SIGNAL)
             deadline = time.monotonic() + self.config.stop_grace_s
             while _group_alive(group) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -313,11 +322,11 @@ class Runner:
         )
 
     def stop(self, process: subprocess.Popen) -> None:
-        """SIGTERM to the run's process group (Snakemake stops its jobs and marks them
+        """STOP_SIGNAL to the run's process group (Snakemake cancels its jobs and marks them
         incomplete); SIGKILL after ``stop_grace_s``."""
         group = process.pid
         log.info("stopping snakemake (process group %d)", group)
-        _signal_group(group, signal.SIGTERM)
+        _signal_group(group, STOP_SIGNAL)
         try:
             process.wait(timeout=self.config.stop_grace_s)
         except subprocess.TimeoutExpired:

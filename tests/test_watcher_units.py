@@ -323,12 +323,12 @@ def test_storage_prefix_must_be_a_gcs_prefix(tmp_path):
 
 
 # The runner's process handling, with a stand-in for Snakemake: a process that starts a child
-# (as Snakemake starts jobs), ignores SIGTERM if asked to, and reports its pids.
+# (as Snakemake starts jobs), ignores the stop signal (SIGINT) if asked to, and reports its pids.
 STAND_IN = """\
 #!{python}
 import os, signal, subprocess, sys, time
-if os.environ.get("IGNORE_SIGTERM"):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.environ.get("IGNORE_STOP"):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 with open(os.environ["PIDS_FILE"], "w") as pids:
     pids.write(f"{{os.getpid()}} {{job.pid}}")
@@ -373,10 +373,10 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("ignore_sigterm", [False, True])
-def test_abort_stops_the_whole_process_group(stand_in, tmp_path, monkeypatch, ignore_sigterm):
-    if ignore_sigterm:
-        monkeypatch.setenv("IGNORE_SIGTERM", "1")
+@pytest.mark.parametrize("ignore_stop", [False, True])
+def test_abort_stops_the_whole_process_group(stand_in, tmp_path, monkeypatch, ignore_stop):
+    if ignore_stop:
+        monkeypatch.setenv("IGNORE_STOP", "1")
     abort = threading.Event()
     steps: list[str] = []
     results = []
@@ -407,7 +407,7 @@ def test_a_run_past_its_timeout_is_stopped(stand_in, tmp_path):
 
 
 def test_a_killed_watcher_takes_its_run_down(stand_in, tmp_path):
-    """PR_SET_PDEATHSIG: Snakemake gets SIGTERM when the watcher dies, even by SIGKILL."""
+    """PR_SET_PDEATHSIG: Snakemake gets SIGINT when the watcher dies, even by SIGKILL."""
     program = textwrap.dedent(
         """
         import sys, threading, time
@@ -425,7 +425,7 @@ def test_a_killed_watcher_takes_its_run_down(stand_in, tmp_path):
         snakemake_pid, job_pid = _pids(tmp_path)
         watcher.send_signal(signal.SIGKILL)
         watcher.wait()
-        # The stand-in dies of its SIGTERM; its job (which Snakemake itself would stop) is
+        # The stand-in dies of its SIGINT; its job (which Snakemake itself would stop) is
         # cleaned up here.
         assert _gone([snakemake_pid])
     finally:
@@ -437,7 +437,7 @@ def test_a_killed_watcher_takes_its_run_down(stand_in, tmp_path):
 
 
 def test_runs_left_by_an_earlier_watcher_are_stopped(stand_in, tmp_path, monkeypatch):
-    monkeypatch.setenv("IGNORE_SIGTERM", "1")  # so that it takes the SIGKILL
+    monkeypatch.setenv("IGNORE_STOP", "1")  # so that it takes the SIGKILL
     command = [str(stand_in.snakemake), "stories/council/published.json"]
     command += ["--directory", str(tmp_path)]
     leftover = subprocess.Popen(command, start_new_session=True)
