@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 from watcher_support import (
     WatcherProcess,
+    finished_steps,
     snakemake_processes,
     story_file,
     wait_until_gone,
@@ -234,13 +235,12 @@ def test_an_interrupted_story_resumes_from_its_finished_steps(tmp_path, workdir)
     )
     story = story_file(tmp_path / "newsroom", "harbour")
     log = workdir / "stories" / "harbour" / "logs" / "watcher-snakemake.log"
-    benchmarks = workdir / "stories" / "harbour" / "benchmarks"
 
     # 1. The watcher is killed outright mid-story: its Snakemake run goes down with it.
     watcher = WatcherProcess(config_path, tmp_path / "watcher-1.log")
     try:
         submit(story, config_path)
-        watcher.wait_for(lambda: (benchmarks / "init_story.tsv").exists(), "init_story to finish")
+        watcher.wait_for(lambda: "init_story" in finished_steps(log), "init_story to finish")
         assert watcher.status("harbour")["state"] == "running"
         watcher.stop(signal.SIGKILL)
     finally:
@@ -265,7 +265,7 @@ def test_an_interrupted_story_resumes_from_its_finished_steps(tmp_path, workdir)
     assert queued["reason"].startswith("interrupted by the watcher's shutdown")
     assert queued["attempts"] == 1  # the killed run counts, the drained one does not
     # Render shards are left out: one finished shard does not make the render rule done.
-    finished = {path.stem for path in benchmarks.glob("*.tsv") if "-" not in path.stem}
+    finished = finished_steps(log) - {"render"}
     assert "init_story" in finished
     messages = [line["message"] for line in watcher.log_lines()]
     assert any(message.startswith("drain timeout: stopping 1 running") for message in messages)

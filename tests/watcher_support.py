@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,3 +164,12 @@ def watcher_runs(log_path: Path) -> int:
     if not log_path.exists():
         return 0
     return log_path.read_text(encoding="utf-8").count("==== watcher: ")
+
+
+def finished_steps(log_path: Path) -> set[str]:
+    """The rules Snakemake itself recorded as finished in a story's runs so far. A benchmark
+    file alone does not say that: a job cut between writing it and being recorded is rerun."""
+    if not log_path.exists():
+        return set()
+    text = log_path.read_text(encoding="utf-8")
+    return set(re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)", text, re.MULTILINE))
