@@ -54,6 +54,29 @@ def story_factory(tmp_path):
     return make
 
 
+def wait_until_answering(
+    process: subprocess.Popen, url: str, name: str, log_file: Path, timeout_s: float
+) -> None:
+    """Wait until a test service started as ``process`` answers GET ``url`` with 200; fail
+    with the end of its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited:\n{log_file.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{name} did not answer on {url} within {timeout_s:.0f} s:\n"
+                f"{log_file.read_text()[-3000:]}"
+            )
+        time.sleep(0.05)
+
+
 def run_snakemake(
     workdir: Path,
     *targets: str,
@@ -161,19 +184,7 @@ def gcs_emulator(tmp_path_factory) -> Iterator[str]:
     with log_file.open("wb") as stderr:
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"fake-gcs-server exited: {log_file.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"fake-gcs-server did not answer on {url}")
-            time.sleep(0.05)
+        wait_until_answering(server, f"{url}/storage/v1/b", "fake-gcs-server", log_file, 15)
         yield url
     finally:
         server.terminate()

@@ -48,15 +48,13 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_until_answering
 from google.cloud import pubsub_v1
 
 from cluster_manager.pubsub import ensure_subscription, ensure_topic, resource_path
@@ -128,30 +126,13 @@ def pubsub_emulator_fixture(tmp_path_factory) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        _wait_until_answering(process, host, log_file)
+        # The emulator answers a plain HTTP GET / with "Ok" once it serves.
+        wait_until_answering(
+            process, f"http://{host}/", "the Pub/Sub emulator", log_file, START_TIMEOUT_S
+        )
         yield host
     finally:
         stop_process_group(process)
-
-
-def _wait_until_answering(process: subprocess.Popen, host: str, log_file: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the Pub/Sub emulator exited:\n{log_file.read_text()[-3000:]}")
-        try:
-            # The emulator answers a plain HTTP GET / with "Ok" once it serves.
-            with urllib.request.urlopen(f"http://{host}/", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"the Pub/Sub emulator did not answer on {host} within {START_TIMEOUT_S:.0f} s:\n"
-                f"{log_file.read_text()[-3000:]}"
-            )
-        time.sleep(0.1)
 
 
 @dataclass
